@@ -1,0 +1,1 @@
+"""The OTLP protocol itself, shared by the receiver and the exporter sides."""

@@ -1,0 +1,1 @@
+"""Self-telemetry: Prometheus metrics and logging."""

@@ -1,0 +1,96 @@
+"""Every Prometheus metric the server exports, defined once.
+
+Children (receiver workers, exporters) update the counters and histograms below; the supervisor
+sets `PROMETHEUS_MULTIPROC_DIR` (wiped at start-up) before any child starts, so prometheus_client
+writes their values to per-process files that the admin endpoint sums (see `telemetry.collect`).
+Gauges that describe the whole tree (queue size and capacity, process up, CPU, memory) are not
+defined here: the supervisor computes them at scrape time from the rings and psutil.
+
+The names are a contract with the alert rules, the dashboard and docs/operations.md
+(design.md section 6): do not rename.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from otlp_ingest.otlp.signals import SIGNALS, Signal
+
+# Latency buckets from 0.5 ms to 30 s: ack latency lives at the low end, export latency higher.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+def _per_signal(prefix: str, doc: str, labels: tuple[str, ...]) -> dict[Signal, Counter]:
+    return {
+        signal: Counter(
+            f"{prefix}_{info.item_noun}", doc.format(noun=info.item_noun.replace("_", " ")), labels
+        )
+        for signal, info in SIGNALS.items()
+    }
+
+
+RECEIVER_ACCEPTED = _per_signal(
+    "otlp_receiver_accepted",
+    "Items ({noun}) acknowledged to clients: written to a ring.",
+    ("transport",),
+)
+RECEIVER_REFUSED = _per_signal(
+    "otlp_receiver_refused",
+    "Items ({noun}) not accepted: invalid items (partial success) or retryable refusals.",
+    ("transport",),
+)
+RECEIVER_REQUESTS = Counter(
+    "otlp_receiver_requests",
+    "Export requests received, by outcome (ok, partial, invalid, too_large, unsupported, refused, error).",
+    ("transport", "signal", "outcome"),
+)
+RECEIVER_REQUEST_DURATION = Histogram(
+    "otlp_receiver_request_duration_seconds",
+    "Time from a request's body being read to its response (ack latency inside the server).",
+    ("transport", "signal"),
+    buckets=LATENCY_BUCKETS,
+)
+
+EXPORTER_SENT = _per_signal(
+    "otlp_exporter_sent",
+    "Items ({noun}) acknowledged by the backend or written to the file sink.",
+    ("exporter",),
+)
+EXPORTER_SEND_FAILED = _per_signal(
+    "otlp_exporter_send_failed",
+    "Items ({noun}) given up on: permanent backend rejection or retries exhausted.",
+    ("exporter",),
+)
+EXPORTER_SEND_RETRIES = Counter(
+    "otlp_exporter_send_retries",
+    "Batch send attempts that failed with a retryable error and were retried.",
+    ("exporter", "signal"),
+)
+EXPORT_DURATION = Histogram(
+    "otlp_export_duration_seconds",
+    "Time to send one batch to the backend (one attempt, success or failure).",
+    ("exporter", "signal"),
+    buckets=LATENCY_BUCKETS,
+)
+EXPORTER_BATCH_ITEMS = Histogram(
+    "otlp_exporter_batch_items",
+    "Items per batch sent.",
+    ("exporter", "signal"),
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2048, 4096, 8192),
+)
