@@ -1,0 +1,44 @@
+# otlp-ingest: every command a newcomer needs. Each target installs what it uses first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench fuzz soak tools clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## run: install into .venv and start the server (gRPC :4317, HTTP :4318, admin :8888)
+run: $(STAMP)
+	$(PY) -m otlp_ingest serve
+
+## tools: Debian packages the deploy tests use (promtool, prometheus, shellcheck)
+tools:
+	bash scripts/install-test-tools.sh
+
+## test: install everything, lint, and run the whole test suite
+test: $(STAMP) tools
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+## lint: ruff only
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+## bench: micro benchmarks (pytest-benchmark) and the end-to-end run; results in benchmarks/results/
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-columns=min,median,ops -p no:randomly
+	$(PY) benchmarks/run_e2e.py
+
+## fuzz: the decoders under hypothesis for longer (OTLP_FUZZ_EXAMPLES examples per test)
+fuzz: $(STAMP)
+	OTLP_FUZZ_EXAMPLES=$${OTLP_FUZZ_EXAMPLES:-20000} $(PY) -m pytest -q tests/fuzz
+
+clean:
+	rm -rf $(VENV) otlp-data .pytest_cache .ruff_cache .benchmarks
