@@ -12,9 +12,12 @@ config file it is given); it raises `ConfigError` naming every bad setting at on
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
+
+from otlp_ingest.errors import ConfigError
 
 MiB = 1024 * 1024
 
@@ -127,3 +130,378 @@ ENV_NAMES: dict[str, str] = {
     "data_dir": "OTLP_DATA_DIR",
     "file_rotate_bytes": "OTLP_FILE_ROTATE_BYTES",
 }
+
+
+# --- Loading: defaults < file < environment < flags -------------------------------------------------
+
+# Which parser checks each field. Durations and sizes take units; the rest are plain.
+_DURATION_FIELDS = {
+    "export_timeout": 0.0,  # value: lower bound (exclusive unless listed in _ZERO_OK)
+    "retry_initial_interval": 0.0,
+    "retry_max_interval": 0.0,
+    "retry_max_elapsed": 0.0,
+    "batch_timeout": 0.0,
+    "shutdown_timeout": 0.0,
+}
+_ZERO_OK = {"retry_max_elapsed"}
+_SIZE_FIELDS = {
+    "batch_max_bytes",
+    "queue_bytes",
+    "grpc_max_recv_bytes",
+    "http_max_body_bytes",
+    "file_rotate_bytes",
+}
+# Integer fields and their allowed (min, max).
+_INT_RANGES: dict[str, tuple[int, int | None]] = {
+    "export_concurrency": (1, 1024),
+    "batch_size": (1, None),
+    "queue_size": (1, None),
+    "workers": (0, 1024),
+    "exporters": (1, 1024),
+    "grpc_port": (0, 65535),
+    "http_port": (0, 65535),
+    "admin_port": (0, 65535),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "export_protocol": ("grpc", "http/protobuf"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "k": 1024,
+    "m": 1024**2,
+    "g": 1024**3,
+}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class _Bad(ValueError):
+    """One field's value is not allowed; the message says what is."""
+
+
+def parse_duration(value: object) -> float:
+    """`200ms`, `5s`, `1m`, `1h`, `1.5` (seconds) or a number -> float seconds."""
+    if isinstance(value, bool):
+        raise _Bad("not a duration (expected e.g. 200ms, 5s, 1m, 1h or seconds)")
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip().lower()
+    for unit in ("ms", "s", "m", "h"):  # "ms" before "m" and "s"
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)].strip(), _DURATION_UNITS[unit]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise _Bad("not a duration (expected e.g. 200ms, 5s, 1m, 1h or seconds)") from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise _Bad("not a finite duration (expected e.g. 200ms, 5s, 1m, 1h or seconds)")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """`4MiB`, `512KiB`, `1GiB`, `10MB`, `1024` -> int bytes (binary and decimal units)."""
+    if isinstance(value, bool):
+        raise _Bad("not a size (expected e.g. 512KiB, 4MiB, 1GiB, 10MB or bytes)")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().lower().replace(" ", "")
+    split = len(text)
+    while split > 0 and text[split - 1].isalpha():
+        split -= 1
+    number, unit = text[:split], text[split:]
+    if unit not in _SIZE_UNITS:
+        raise _Bad("not a size (expected e.g. 512KiB, 4MiB, 1GiB, 10MB or bytes)")
+    try:
+        size = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise _Bad("not a size (expected e.g. 512KiB, 4MiB, 1GiB, 10MB or bytes)") from None
+    if size != size or size != int(size):
+        raise _Bad("not a whole number of bytes (expected e.g. 512KiB, 4MiB, 1GiB, 10MB or bytes)")
+    return int(size)
+
+
+def _parse_int(value: object, low: int, high: int | None) -> int:
+    expected = f"a whole number >= {low}" if high is None else f"a whole number from {low} to {high}"
+    if isinstance(value, bool):
+        raise _Bad(f"not an integer (expected {expected})")
+    if isinstance(value, int):
+        number = value
+    else:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise _Bad(f"not an integer (expected {expected})") from None
+    if number < low or (high is not None and number > high):
+        raise _Bad(f"out of range (expected {expected})")
+    return number
+
+
+def _parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise _Bad("not a boolean (expected true or false)")
+
+
+def _parse_headers(value: object) -> dict[str, str]:
+    """`k1=v1,k2=v2` (the OTEL_EXPORTER_OTLP_HEADERS form) or a mapping from a file."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    headers: dict[str, str] = {}
+    for part in str(value).split(","):
+        if not part.strip():
+            continue
+        key, sep, val = part.partition("=")
+        if not sep or not key.strip():
+            raise _Bad("not a header list (expected key1=value1,key2=value2)")
+        headers[key.strip().lower()] = val.strip()
+    return headers
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, str, int, str]:
+    """`host:port`, `http://host:port[/path]` or `https://...` -> (scheme, host, port, path).
+
+    A bare `host:port` has scheme "" (plaintext unless export_insecure is false). A URL without a
+    port gets the OTLP default for the scheme-less protocol (4317) - the exporter decides further.
+    """
+    from urllib.parse import urlsplit
+
+    text = endpoint.strip()
+    scheme = ""
+    if "://" in text:
+        parts = urlsplit(text)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise _Bad("unsupported scheme (expected host:port, http://host:port or https://host:port)")
+        try:
+            host, port, path = parts.hostname or "", parts.port, parts.path
+        except ValueError:
+            raise _Bad("bad port (expected host:port, http://host:port or https://host:port)") from None
+        if port is None:
+            port = 443 if scheme == "https" else 80
+    else:
+        host, sep, port_text = text.rpartition(":")
+        path = ""
+        if not sep or not port_text.isdigit():
+            raise _Bad("not an endpoint (expected host:port, http://host:port or https://host:port)")
+        host = host.strip("[]")
+        port = int(port_text)
+    if not host or not 0 < port <= 65535:
+        raise _Bad("not an endpoint (expected host:port, http://host:port or https://host:port)")
+    return scheme, host, port, path
+
+
+def _parse_field(name: str, value: object) -> object:
+    """Convert one raw value (string from env/flag, or a YAML/TOML scalar) for field `name`."""
+    if name in _DURATION_FIELDS:
+        seconds = parse_duration(value)
+        if seconds < 0 or (seconds == 0 and name not in _ZERO_OK):
+            raise _Bad("must be positive (expected e.g. 200ms, 5s, 1m, 1h or seconds)")
+        return seconds
+    if name in _SIZE_FIELDS:
+        size = parse_size(value)
+        if size <= 0:
+            raise _Bad("must be positive (expected e.g. 512KiB, 4MiB, 1GiB, 10MB or bytes)")
+        return size
+    if name in _INT_RANGES:
+        return _parse_int(value, *_INT_RANGES[name])
+    if name in _CHOICES:
+        text = str(value).strip().lower()
+        if name == "log_level" and text == "warn":
+            text = "warning"
+        if text not in _CHOICES[name]:
+            raise _Bad(f"not allowed (expected one of {', '.join(_CHOICES[name])})")
+        return text
+    if name == "export_insecure":
+        return _parse_bool(value)
+    if name == "export_headers":
+        return _parse_headers(value)
+    if name == "endpoint":
+        if value is None or not str(value).strip():
+            return None
+        parse_endpoint(str(value))
+        return str(value).strip()
+    if name in ("bind", "data_dir"):
+        text = str(value).strip()
+        if not text:
+            raise _Bad("must not be empty")
+        return text
+    raise _Bad("unknown setting")  # pragma: no cover - every field is listed above
+
+
+def flag_name(field: str) -> str:
+    """The CLI flag of a settings field: `batch_size` -> `--batch-size`."""
+    return "--" + field.replace("_", "-")
+
+
+def add_settings_flags(parser: object) -> None:
+    """Add one `--flag VALUE` per Settings field to an argparse parser (dest = field name).
+
+    Values stay strings (default None = not given) so `load_settings` parses and reports them
+    exactly like environment values.
+    """
+    for field in Settings.__struct_fields__:
+        parser.add_argument(  # type: ignore[attr-defined]
+            flag_name(field),
+            dest=field,
+            default=None,
+            metavar=ENV_NAMES[field],
+            help=f"overrides env {ENV_NAMES[field]}",
+        )
+
+
+def flag_overrides(namespace: object) -> dict[str, str]:
+    """The settings flags actually given on an argparse namespace."""
+    return {
+        field: getattr(namespace, field)
+        for field in Settings.__struct_fields__
+        if getattr(namespace, field, None) is not None
+    }
+
+
+def _read_config_file(path: str) -> dict[str, object]:
+    """A flat mapping of field name -> value from a YAML (.yaml/.yml) or TOML (.toml) file."""
+    lower = path.lower()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError([f"--config={path}: cannot read ({exc.strerror})"]) from None
+    try:
+        if lower.endswith(".toml"):
+            import tomllib
+
+            data = tomllib.loads(raw.decode("utf-8"))
+        elif lower.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(raw) or {}
+        else:
+            raise ConfigError([f"--config={path}: unknown file type (expected .yaml, .yml or .toml)"])
+    except ConfigError:
+        raise
+    except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError([f"--config={path}: not valid ({first_line})"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"--config={path}: not a mapping of setting names to values"])
+    return data
+
+
+def _show(value: object) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def load_settings_with_sources(
+    argv_overrides: Mapping[str, object],
+    environ: Mapping[str, str],
+    config_file: str | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """Like `load_settings`, and also say where each value came from.
+
+    The sources map field -> "default", "<file>:<key>", "<ENV_NAME>" or "--flag".
+    """
+    values: dict[str, object] = {}
+    sources: dict[str, str] = dict.fromkeys(Settings.__struct_fields__, "default")
+    problems: list[str] = []
+
+    def take(field: str, raw: object, origin: str) -> None:
+        try:
+            values[field] = _parse_field(field, raw)
+            sources[field] = origin
+        except _Bad as exc:
+            problems.append(f"{origin}={_show(raw)}: {exc}")
+
+    if config_file:
+        for key, raw in _read_config_file(config_file).items():
+            field = str(key).replace("-", "_")
+            if field not in ENV_NAMES:
+                problems.append(f"{config_file}:{key}: unknown setting (expected a Settings field name)")
+                continue
+            take(field, raw, f"{config_file}:{key}")
+    for field, env_name in ENV_NAMES.items():
+        raw = environ.get(env_name)
+        if raw is not None and raw.strip() != "":
+            take(field, raw, env_name)
+    for field, raw in argv_overrides.items():
+        if field not in ENV_NAMES:
+            problems.append(f"{flag_name(field)}: unknown setting")
+            continue
+        if raw is not None:
+            take(field, raw, flag_name(field))
+
+    if not problems:
+        problems.extend(_cross_checks(values, sources))
+    if problems:
+        raise ConfigError(problems)
+    # Every value is already parsed; msgspec assembles the struct and checks the types once more.
+    settings = msgspec.convert(values, Settings, strict=False)
+    return settings, sources
+
+
+def _cross_checks(values: dict[str, object], sources: dict[str, str]) -> list[str]:
+    """Rules that relate two settings; each message names the one that must change."""
+    defaults = Settings()
+
+    def get(field: str) -> object:
+        return values.get(field, getattr(defaults, field))
+
+    problems = []
+    ports = [f for f in ("grpc_port", "http_port", "admin_port") if get(f) != 0]
+    for i, a in enumerate(ports):
+        for b in ports[i + 1 :]:
+            if get(a) == get(b):
+                problems.append(
+                    f"{sources[b]}={get(b)}: same port as {sources[a]} (expected distinct ports, or 0)"
+                )
+    if get("retry_max_interval") < get("retry_initial_interval"):  # type: ignore[operator]
+        problems.append(
+            f"{sources['retry_max_interval']}={get('retry_max_interval')}: below "
+            f"{sources['retry_initial_interval']}={get('retry_initial_interval')} (expected >= it)"
+        )
+    workers = get("workers")
+    if workers and get("exporters") > workers:  # type: ignore[operator]
+        problems.append(
+            f"{sources['exporters']}={get('exporters')}: more exporters than workers ({workers}) "
+            "(expected exporters <= workers: each exporter drains whole worker rings)"
+        )
+    return problems
+
+
+def load_settings(
+    argv_overrides: Mapping[str, object],
+    environ: Mapping[str, str],
+    config_file: str | None = None,
+) -> Settings:
+    """Settings from flags > environment > config file > defaults.
+
+    `argv_overrides` maps field names to raw values (strings from flags); `environ` is searched for
+    `ENV_NAMES`. Raises `ConfigError` listing every problem, one line each, naming the setting as
+    the user wrote it (`--flag`, `ENV_NAME` or `file:key`), its value and what is allowed.
+    """
+    return load_settings_with_sources(argv_overrides, environ, config_file)[0]
+
+
+def settings_to_json(settings: Settings) -> str:
+    """Settings as JSON (passed to children in OTLP_INGEST_SETTINGS_JSON)."""
+    return msgspec.json.encode(settings).decode()
+
+
+def settings_from_json(text: str) -> Settings:
+    return msgspec.json.decode(text, type=Settings)
