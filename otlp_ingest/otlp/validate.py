@@ -1,0 +1,211 @@
+"""Item validation and counting for `Export*ServiceRequest` messages.
+
+This runs on every request (the hot path), so it decodes once with upb, touches as few Python
+objects as it can, and returns the *original* bytes when every item is valid; it re-serializes
+only when it had to drop items.
+
+Items are spans, metric data points (every point kind: gauge, sum, histogram, exponential
+histogram, summary) and log records. An item is invalid, and dropped with `partial_success`, when:
+
+- span: `trace_id` is not 16 bytes, `span_id` is not 8 bytes, or `parent_span_id` is not 0 or 8;
+- log record: `trace_id` is not 0 or 16 bytes, or `span_id` is not 0 or 8;
+- metric data point: one of its exemplars has a `trace_id` that is not 0 or 16 bytes or a
+  `span_id` that is not 0 or 8. A metric left with no points after that is dropped as well.
+
+A request with no items at all is valid (0 accepted). A body that does not decode (truncated,
+wrong wire types, invalid UTF-8 in a string, nesting too deep) is `InvalidArgument`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError, Message
+
+from otlp_ingest.errors import InvalidArgument
+from otlp_ingest.otlp.signals import SIGNALS, Signal
+
+__all__ = ["ValidatedPayload", "count_items", "validate_message", "validate_protobuf"]
+
+
+@dataclass(slots=True)
+class ValidatedPayload:
+    """What the receiver writes to the ring and tells the client.
+
+    `payload` is the serialized request holding only the valid items (the original bytes when
+    nothing was dropped); `accepted`/`rejected` count items; `error_message` is for
+    `partial_success.error_message` ("" when nothing was rejected).
+    """
+
+    payload: bytes
+    accepted: int
+    rejected: int
+    error_message: str
+
+
+# Reasons, in the order they are reported.
+_SPAN_TRACE = "trace_id must be 16 bytes"
+_SPAN_SPAN = "span_id must be 8 bytes"
+_SPAN_PARENT = "parent_span_id must be empty or 8 bytes"
+_LOG_TRACE = "trace_id must be empty or 16 bytes"
+_LOG_SPAN = "span_id must be empty or 8 bytes"
+_EXEMPLAR_TRACE = "exemplar trace_id must be empty or 16 bytes"
+_EXEMPLAR_SPAN = "exemplar span_id must be empty or 8 bytes"
+
+
+def validate_protobuf(signal: Signal, body: bytes) -> ValidatedPayload:
+    """Decode a protobuf `Export*ServiceRequest`, drop invalid items, count the rest.
+
+    Raises `InvalidArgument("malformed protobuf: ...")` if `body` does not decode.
+    """
+    try:
+        message = SIGNALS[signal].request_type.FromString(body)
+    except DecodeError as exc:
+        raise InvalidArgument(f"malformed protobuf: {exc}") from None
+    except RecursionError:  # pragma: no cover - upb reports depth as DecodeError
+        raise InvalidArgument("malformed protobuf: nested too deeply") from None
+    return _validate(signal, message, body)
+
+
+def validate_message(signal: Signal, message: Message) -> ValidatedPayload:
+    """Same as `validate_protobuf` for an already decoded request (the OTLP/JSON path).
+
+    Drops invalid items from `message` in place; `payload` is always freshly serialized.
+    """
+    return _validate(signal, message, None)
+
+
+def count_items(signal: Signal, message: Message) -> int:
+    """Number of items (spans, metric data points, log records) in an `Export*ServiceRequest`."""
+    if signal == Signal.TRACES:
+        return sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans)
+    if signal == Signal.LOGS:
+        return sum(len(sl.log_records) for rl in message.resource_logs for sl in rl.scope_logs)
+    total = 0
+    for rm in message.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is not None:
+                    total += len(getattr(metric, kind).data_points)
+    return total
+
+
+# ----------------------------------------------------------------------------------- implementation
+
+
+def _validate(signal: Signal, message: Message, body: bytes | None) -> ValidatedPayload:
+    reasons: dict[str, int] = {}
+    if signal == Signal.TRACES:
+        accepted = _check_spans(message, reasons)
+    elif signal == Signal.LOGS:
+        accepted = _check_logs(message, reasons)
+    else:
+        accepted = _check_metrics(message, reasons)
+    if not reasons:
+        payload = body if body is not None else message.SerializeToString()
+        return ValidatedPayload(payload, accepted, 0, "")
+    rejected = sum(reasons.values())
+    return ValidatedPayload(
+        message.SerializeToString(), accepted, rejected, _describe(signal, rejected, reasons)
+    )
+
+
+def _describe(signal: Signal, rejected: int, reasons: dict[str, int]) -> str:
+    """E.g. "2 spans rejected: trace_id must be 16 bytes" (counts per reason when several)."""
+    noun = SIGNALS[signal].item_noun.replace("_", " ")
+    if rejected == 1:
+        noun = noun[:-1]  # "spans" -> "span", "metric points" -> "metric point"
+    if len(reasons) == 1:
+        detail = next(iter(reasons))
+    else:
+        detail = "; ".join(f"{n} {reason}" for reason, n in reasons.items())
+    return f"{rejected} {noun} rejected: {detail}"
+
+
+def _span_problem(span: Message) -> str:
+    if len(span.trace_id) != 16:
+        return _SPAN_TRACE
+    if len(span.span_id) != 8:
+        return _SPAN_SPAN
+    return _SPAN_PARENT
+
+
+def _check_spans(message: Message, reasons: dict[str, int]) -> int:
+    accepted = 0
+    for rs in message.resource_spans:
+        for ss in rs.scope_spans:
+            spans = ss.spans
+            bad: list[int] = []
+            # One pass of C-level length checks; the reason is only worked out for bad spans.
+            for i, span in enumerate(spans):
+                if (
+                    len(span.trace_id) != 16
+                    or len(span.span_id) != 8
+                    or len(span.parent_span_id) not in (0, 8)
+                ):
+                    bad.append(i)
+            if bad:
+                for i in reversed(bad):
+                    reason = _span_problem(spans[i])
+                    reasons[reason] = reasons.get(reason, 0) + 1
+                    del spans[i]
+            accepted += len(spans)
+    return accepted
+
+
+def _log_problem(record: Message) -> str:
+    return _LOG_TRACE if len(record.trace_id) not in (0, 16) else _LOG_SPAN
+
+
+def _check_logs(message: Message, reasons: dict[str, int]) -> int:
+    accepted = 0
+    for rl in message.resource_logs:
+        for sl in rl.scope_logs:
+            records = sl.log_records
+            bad = [
+                i
+                for i, r in enumerate(records)
+                if len(r.trace_id) not in (0, 16) or len(r.span_id) not in (0, 8)
+            ]
+            for i in reversed(bad):
+                reason = _log_problem(records[i])
+                reasons[reason] = reasons.get(reason, 0) + 1
+                del records[i]
+            accepted += len(records)
+    return accepted
+
+
+def _point_problem(point: Message) -> str | None:
+    for ex in point.exemplars:
+        if len(ex.trace_id) not in (0, 16):
+            return _EXEMPLAR_TRACE
+        if len(ex.span_id) not in (0, 8):
+            return _EXEMPLAR_SPAN
+    return None
+
+
+def _check_metrics(message: Message, reasons: dict[str, int]) -> int:
+    accepted = 0
+    for rm in message.resource_metrics:
+        for sm in rm.scope_metrics:
+            metrics = sm.metrics
+            empty: list[int] = []
+            for m_index, metric in enumerate(metrics):
+                kind = metric.WhichOneof("data")
+                if kind is None:
+                    continue
+                points = getattr(metric, kind).data_points
+                if kind != "summary":  # summary points have no exemplars
+                    bad = [i for i, p in enumerate(points) if p.exemplars and _point_problem(p)]
+                    if bad:
+                        for i in reversed(bad):
+                            reason = _point_problem(points[i])
+                            reasons[reason] = reasons.get(reason, 0) + 1
+                            del points[i]
+                        if not points:
+                            empty.append(m_index)
+                accepted += len(points)
+            for m_index in reversed(empty):
+                del metrics[m_index]
+    return accepted
