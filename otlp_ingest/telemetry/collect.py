@@ -1,0 +1,160 @@
+"""Scrape-time metrics for the admin endpoint: every process's counters plus tree-wide gauges.
+
+Children write their counters and histograms to per-process files in `PROMETHEUS_MULTIPROC_DIR`
+(prometheus_client multiprocess mode); `MultiProcessCollector` sums them. What no single child can
+know is computed here, by the supervisor, at scrape time:
+
+- `process_cpu_seconds_total`: user+system CPU of the supervisor, every live child, and every
+  child already reaped (the kernel's `children_user/children_system` of a waiting parent), so the
+  counter never goes down when a child restarts.
+- `process_resident_memory_bytes`: RSS of the supervisor and every live child.
+- `otlp_exporter_queue_size{exporter}` / `otlp_exporter_queue_capacity{exporter}`: queued records
+  and record capacity summed over the rings each exporter drains (`ring_usage`).
+- `otlp_process_up{role,index}` (1/0) and `otlp_process_restarts_total{role}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import psutil
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One child slot as the supervisor sees it."""
+
+    role: str  # "worker" | "exporter"
+    index: int
+    pid: int | None  # None while the slot waits for a (re)start
+    up: bool  # running and reported ready
+    ready: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSnapshot:
+    """What the supervisor publishes for scrapes and the status page (immutable, swapped whole)."""
+
+    supervisor_pid: int
+    processes: tuple[ProcessInfo, ...] = ()
+    restarts: dict[str, int] = field(default_factory=dict)  # role -> restarts so far
+    exporter_rings: dict[int, tuple[str, ...]] = field(default_factory=dict)  # exporter -> ring names
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueueUsage:
+    records: int
+    max_records: int
+    used_bytes: int
+    capacity_bytes: int
+
+
+def exporter_queue_usage(snapshot: TreeSnapshot) -> dict[int, QueueUsage]:
+    """Queued records per exporter, summed over its rings; rings that cannot be read count 0."""
+    try:
+        from otlp_ingest.ring import ring_usage
+    except ImportError:  # the ring package is not there (yet): report empty queues
+        ring_usage = None
+    usage: dict[int, QueueUsage] = {}
+    for exporter, names in snapshot.exporter_rings.items():
+        records = max_records = used = capacity = 0
+        for name in names:
+            if ring_usage is None:
+                continue
+            try:
+                u = ring_usage(name)
+            except Exception as exc:  # a ring being recreated; a scrape must not fail for it
+                log.debug("ring_usage(%s) failed: %s", name, exc)
+                continue
+            records += u.records
+            max_records += u.max_records
+            used += u.used_bytes
+            capacity += u.capacity_bytes
+        usage[exporter] = QueueUsage(records, max_records, used, capacity)
+    return usage
+
+
+class TreeCollector:
+    """A prometheus_client collector for the tree-wide families (see module docstring)."""
+
+    def __init__(self, snapshot: Callable[[], TreeSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        cpu, rss = _tree_cpu_and_rss(snap)
+        cpu_family = CounterMetricFamily(
+            "process_cpu_seconds", "User and system CPU of the whole process tree (incl. exited children)."
+        )
+        cpu_family.add_metric([], cpu)
+        yield cpu_family
+        rss_family = GaugeMetricFamily(
+            "process_resident_memory_bytes", "Resident memory of the supervisor and every live child."
+        )
+        rss_family.add_metric([], rss)
+        yield rss_family
+
+        size = GaugeMetricFamily(
+            "otlp_exporter_queue_size",
+            "Records queued in the rings this exporter drains.",
+            labels=["exporter"],
+        )
+        capacity = GaugeMetricFamily(
+            "otlp_exporter_queue_capacity",
+            "Record capacity of the rings this exporter drains.",
+            labels=["exporter"],
+        )
+        for exporter, usage in sorted(exporter_queue_usage(snap).items()):
+            size.add_metric([str(exporter)], usage.records)
+            capacity.add_metric([str(exporter)], usage.max_records)
+        yield size
+        yield capacity
+
+        up = GaugeMetricFamily(
+            "otlp_process_up",
+            "1 if the child process is running and ready, else 0.",
+            labels=["role", "index"],
+        )
+        for proc in snap.processes:
+            up.add_metric([proc.role, str(proc.index)], 1.0 if proc.up else 0.0)
+        yield up
+        restarts = CounterMetricFamily(
+            "otlp_process_restarts", "Child processes restarted after they died.", labels=["role"]
+        )
+        for role in ("worker", "exporter"):
+            restarts.add_metric([role], snap.restarts.get(role, 0))
+        yield restarts
+
+
+def _tree_cpu_and_rss(snap: TreeSnapshot) -> tuple[float, float]:
+    cpu = rss = 0.0
+    pids = [snap.supervisor_pid] + [p.pid for p in snap.processes if p.pid is not None]
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                times = proc.cpu_times()
+                rss += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        # children_* holds the CPU of children this process already reaped: that is how the CPU of
+        # restarted children stays in the total.
+        cpu += times.user + times.system + times.children_user + times.children_system
+    return cpu, rss
+
+
+def render_metrics(multiproc_dir: str, snapshot: Callable[[], TreeSnapshot]) -> bytes:
+    """The Prometheus text exposition for `/metrics`: a fresh registry per scrape, so files of
+    children that started since the last scrape are included."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=multiproc_dir)
+    registry.register(TreeCollector(snapshot))
+    return generate_latest(registry)
