@@ -1,0 +1,91 @@
+"""OTLP/HTTP (binary protobuf) sender with a keep-alive connection per sending thread.
+
+URL choice: settings.endpoint is a base URL "http(s)://host:port[/prefix]" and the signal path is
+appended (`/v1/traces`, `/v1/metrics`, `/v1/logs`), like OTEL_EXPORTER_OTLP_ENDPOINT in the SDKs.
+If the URL already ends with one of those signal paths, that suffix is removed and the base is used
+for every signal, so each batch always goes to the path of its own signal.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from urllib.parse import urlsplit
+
+from otlp_ingest.config import Settings
+from otlp_ingest.exporter.retry import http_send_error
+from otlp_ingest.exporter.sender import SendError, SendResult, partial_success
+from otlp_ingest.otlp.signals import SIGNALS, Signal
+
+
+def parse_http_endpoint(endpoint: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, base path without trailing slash) of an OTLP/HTTP base URL."""
+    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"HTTP endpoint must be http(s)://host:port[/path], got {endpoint!r}")
+    path = parts.path.rstrip("/")
+    for info in SIGNALS.values():
+        if path.endswith(info.http_path):
+            path = path[: -len(info.http_path)]
+            break
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname, port, path
+
+
+class HttpSender:
+    """POSTs batches as application/x-protobuf; one persistent connection per thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._scheme, self._host, self._port, base = parse_http_endpoint(settings.endpoint or "")
+        self._paths = {signal: base + info.http_path for signal, info in SIGNALS.items()}
+        self._timeout = settings.export_timeout
+        self._headers = {**settings.export_headers, "Content-Type": "application/x-protobuf"}
+        self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self._timeout)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def send(self, signal: Signal, payload: bytes) -> SendResult:
+        # A kept-alive connection may have been closed by the server while idle; that shows up as
+        # an error on the first request, so one immediate retry on a fresh connection is fair.
+        for fresh_retry in (False, True):
+            reused = getattr(self._local, "conn", None) is not None
+            conn = self._connection()
+            try:
+                conn.request("POST", self._paths[signal], body=payload, headers=self._headers)
+                response = conn.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException) as error:
+                self._drop_connection()
+                if reused and not fresh_retry and not isinstance(error, TimeoutError):
+                    continue
+                raise SendError(f"HTTP connection: {error!r}", retryable=True) from None
+            if response.will_close:
+                self._drop_connection()
+            if 200 <= response.status < 300:
+                return partial_success(signal, body)
+            raise http_send_error(
+                response.status, response.getheader("Retry-After"), body.decode("utf-8", "replace")
+            )
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
