@@ -12,6 +12,8 @@ import http.client
 import threading
 from urllib.parse import urlsplit
 
+from google.rpc import status_pb2
+
 from otlp_ingest.config import Settings
 from otlp_ingest.exporter.retry import http_send_error
 from otlp_ingest.exporter.sender import SendError, SendResult, partial_success
@@ -30,6 +32,16 @@ def parse_http_endpoint(endpoint: str) -> tuple[str, str, int, str]:
             break
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, parts.hostname, port, path
+
+
+def _error_text(response: http.client.HTTPResponse, body: bytes) -> str:
+    """The message of an error response: google.rpc.Status.message for protobuf bodies."""
+    if "protobuf" in (response.getheader("Content-Type") or ""):
+        try:
+            return status_pb2.Status.FromString(body).message
+        except Exception:
+            pass
+    return body.decode("utf-8", "replace")
 
 
 class HttpSender:
@@ -80,7 +92,7 @@ class HttpSender:
             if 200 <= response.status < 300:
                 return partial_success(signal, body)
             raise http_send_error(
-                response.status, response.getheader("Retry-After"), body.decode("utf-8", "replace")
+                response.status, response.getheader("Retry-After"), _error_text(response, body)
             )
         raise AssertionError("unreachable")
 

@@ -1,0 +1,1 @@
+"""Shared test helpers: the recording OTLP backend and its pytest-friendly wrapper."""

@@ -1,0 +1,327 @@
+"""A real OTLP backend for tests: records what it receives, injects faults on demand.
+
+    python tests/support/recording_backend.py --port-file PATH [--fail-first N]
+        [--fail-code unavailable|invalid|resource_exhausted|http_503|http_400]
+        [--delay-ms M] [--retry-after-s S]
+
+Listens on ephemeral ports on 127.0.0.1: OTLP/gRPC (grpcio, raw-bytes generic handlers for the
+three Export methods) and HTTP (http.server: OTLP/HTTP protobuf `POST /v1/traces|metrics|logs`,
+gzip accepted, plus the control API). Once both listen it writes
+`{"grpc_port": P, "http_port": Q, "pid": N}` to PATH atomically (temp file + rename).
+
+Control API on the HTTP port:
+- `GET /_records` -> `{"traces": {"requests": n, "items": n, "failed": n, "keys": {key: count}},
+  "metrics": {...}, "logs": {...}}`. `requests` counts accepted requests, `failed` injected
+  failures. Item keys: span = trace_id hex + ":" + span_id hex; log record = body string + ":" +
+  time_unix_nano; metric point = metric name + ":" + time_unix_nano + ":" + sorted attributes
+  k=v joined by ",".
+- `POST /_control` JSON `{"fail_next": N, "fail_code": "...", "delay_ms": M, "retry_after_s": S}`
+  (each key optional) changes fault injection; `POST /_reset` clears the records.
+
+Faults (the next N export requests, any signal or transport, fail):
+- unavailable / http_503: gRPC UNAVAILABLE with google.rpc.RetryInfo(retry_after_s) in the
+  `grpc-status-details-bin` trailer; HTTP 503 with `Retry-After: <retry_after_s>` (fractional
+  seconds allowed here so tests stay fast).
+- invalid / http_400: gRPC INVALID_ARGUMENT; HTTP 400 with a google.rpc.Status body.
+- resource_exhausted: gRPC RESOURCE_EXHAUSTED without RetryInfo; HTTP 413.
+
+Independent of otlp_ingest on purpose: it only uses opentelemetry-proto, grpcio and the standard
+library, so it judges the server from the outside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+SIGNALS: dict[str, tuple[str, Any, Any]] = {
+    # name: (gRPC service, request type, response type)
+    "traces": (
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        trace_service_pb2.ExportTraceServiceRequest,
+        trace_service_pb2.ExportTraceServiceResponse,
+    ),
+    "metrics": (
+        "opentelemetry.proto.collector.metrics.v1.MetricsService",
+        metrics_service_pb2.ExportMetricsServiceRequest,
+        metrics_service_pb2.ExportMetricsServiceResponse,
+    ),
+    "logs": (
+        "opentelemetry.proto.collector.logs.v1.LogsService",
+        logs_service_pb2.ExportLogsServiceRequest,
+        logs_service_pb2.ExportLogsServiceResponse,
+    ),
+}
+FAIL_CODES = ("unavailable", "invalid", "resource_exhausted", "http_503", "http_400")
+
+
+def _any_str(value: Any) -> str:
+    """AnyValue as a plain string (string/bool/int/double as Python prints them)."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return ""
+    if kind in ("string_value", "bool_value", "int_value", "double_value"):
+        return str(getattr(value, kind))
+    return str(getattr(value, kind)).replace("\n", " ")
+
+
+def item_keys(signal: str, request: Any) -> list[str]:
+    """The identifying key of every item in a decoded Export*ServiceRequest."""
+    keys: list[str] = []
+    if signal == "traces":
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                keys.extend(f"{s.trace_id.hex()}:{s.span_id.hex()}" for s in ss.spans)
+    elif signal == "logs":
+        for rl in request.resource_logs:
+            for sl in rl.scope_logs:
+                keys.extend(f"{_any_str(r.body)}:{r.time_unix_nano}" for r in sl.log_records)
+    else:
+        for rm in request.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    kind = metric.WhichOneof("data")
+                    if kind is None:
+                        continue
+                    for point in getattr(metric, kind).data_points:
+                        attrs = ",".join(sorted(f"{kv.key}={_any_str(kv.value)}" for kv in point.attributes))
+                        keys.append(f"{metric.name}:{point.time_unix_nano}:{attrs}")
+    return keys
+
+
+class Recorder:
+    """Thread-safe records and fault-injection state shared by both transports."""
+
+    def __init__(self, fail_next: int, fail_code: str, delay_ms: float, retry_after_s: float) -> None:
+        self.lock = threading.Lock()
+        self.fail_next = fail_next
+        self.fail_code = fail_code
+        self.delay_ms = delay_ms
+        self.retry_after_s = retry_after_s
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.records = {
+                name: {"requests": 0, "items": 0, "failed": 0, "keys": Counter()} for name in SIGNALS
+            }
+
+    def control(self, doc: dict[str, Any]) -> None:
+        with self.lock:
+            if "fail_next" in doc:
+                self.fail_next = int(doc["fail_next"])
+            if "fail_code" in doc:
+                if doc["fail_code"] not in FAIL_CODES:
+                    raise ValueError(f"fail_code must be one of {FAIL_CODES}")
+                self.fail_code = doc["fail_code"]
+            if "delay_ms" in doc:
+                self.delay_ms = float(doc["delay_ms"])
+            if "retry_after_s" in doc:
+                self.retry_after_s = float(doc["retry_after_s"])
+
+    def begin(self, signal: str) -> tuple[str | None, float]:
+        """Called once per export request: (fault code or None, retry_after_s). Applies the delay."""
+        with self.lock:
+            delay = self.delay_ms
+            fault = None
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                fault = self.fail_code
+                self.records[signal]["failed"] += 1
+            retry_after = self.retry_after_s
+        if delay > 0:
+            time.sleep(delay / 1000.0)  # the backend's simulated latency; test-only code
+        return fault, retry_after
+
+    def record(self, signal: str, request: Any) -> None:
+        keys = item_keys(signal, request)
+        with self.lock:
+            entry = self.records[signal]
+            entry["requests"] += 1
+            entry["items"] += len(keys)
+            entry["keys"].update(keys)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                name: {**{k: v for k, v in entry.items() if k != "keys"}, "keys": dict(entry["keys"])}
+                for name, entry in self.records.items()
+            }
+
+
+def _grpc_fault(context: grpc.ServicerContext, fault: str, retry_after: float) -> None:
+    if fault in ("unavailable", "http_503"):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_after * 1e9))
+        status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message="injected: unavailable")
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        context.abort_with_status(_RpcStatus(grpc.StatusCode.UNAVAILABLE, status))
+    if fault == "resource_exhausted":
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "injected: too large")
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "injected: invalid")
+
+
+class _RpcStatus(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, status: status_pb2.Status) -> None:
+        self.code = code
+        self.details = status.message
+        self.trailing_metadata = (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+def _grpc_handler(recorder: Recorder) -> grpc.GenericRpcHandler:
+    def make(name: str, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+        def export(request: bytes, context: grpc.ServicerContext) -> bytes:
+            fault, retry_after = recorder.begin(name)
+            if fault:
+                _grpc_fault(context, fault, retry_after)
+            try:
+                message = request_type.FromString(request)
+            except Exception:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "payload does not decode")
+            recorder.record(name, message)
+            return response_type().SerializeToString()
+
+        # No (de)serializers: requests arrive as bytes, like any OTLP receiver sees them.
+        return grpc.unary_unary_rpc_method_handler(export)
+
+    handlers = {f"/{service}/Export": make(name, req, resp) for name, (service, req, resp) in SIGNALS.items()}
+
+    class Handler(grpc.GenericRpcHandler):
+        def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+            return handlers.get(handler_call_details.method)
+
+    return Handler()
+
+
+def _http_handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
+    paths = {f"/v1/{name}": name for name in SIGNALS}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like real backends
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _reply(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, doc: Any) -> None:
+            self._reply(status, json.dumps(doc).encode(), "application/json")
+
+        def _body(self) -> bytes:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.headers.get("Content-Encoding", "").lower() == "gzip":
+                body = gzip.decompress(body)
+            return body
+
+        def do_GET(self) -> None:
+            if self.path == "/_records":
+                self._json(200, recorder.snapshot())
+            else:
+                self._json(404, {"error": "not found"})
+
+        def do_POST(self) -> None:
+            body = self._body()
+            if self.path == "/_control":
+                try:
+                    recorder.control(json.loads(body or b"{}"))
+                except (ValueError, TypeError) as error:
+                    self._json(400, {"error": str(error)})
+                    return
+                self._json(200, {"ok": True})
+            elif self.path == "/_reset":
+                recorder.reset()
+                self._json(200, {"ok": True})
+            elif self.path in paths:
+                self._export(paths[self.path], body)
+            else:
+                self._json(404, {"error": "not found"})
+
+        def _status(
+            self, status: int, code: int, message: str, headers: dict[str, str] | None = None
+        ) -> None:
+            body = status_pb2.Status(code=code, message=message).SerializeToString()
+            self._reply(status, body, "application/x-protobuf", headers)
+
+        def _export(self, name: str, body: bytes) -> None:
+            fault, retry_after = recorder.begin(name)
+            if fault in ("unavailable", "http_503"):
+                self._status(503, code_pb2.UNAVAILABLE, "injected", {"Retry-After": f"{retry_after:g}"})
+                return
+            if fault == "resource_exhausted":
+                self._status(413, code_pb2.RESOURCE_EXHAUSTED, "injected: too large")
+                return
+            if fault:
+                self._status(400, code_pb2.INVALID_ARGUMENT, "injected: invalid")
+                return
+            _, request_type, response_type = SIGNALS[name]
+            try:
+                message = request_type.FromString(body)
+            except Exception:
+                self._status(400, code_pb2.INVALID_ARGUMENT, "payload does not decode")
+                return
+            recorder.record(name, message)
+            self._reply(200, response_type().SerializeToString(), "application/x-protobuf")
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port-file", required=True)
+    parser.add_argument("--fail-first", type=int, default=0)
+    parser.add_argument("--fail-code", choices=FAIL_CODES, default="unavailable")
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--retry-after-s", type=float, default=1.0)
+    args = parser.parse_args(argv)
+
+    recorder = Recorder(args.fail_first, args.fail_code, args.delay_ms, args.retry_after_s)
+    grpc_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16),
+        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+    )
+    grpc_server.add_generic_rpc_handlers((_grpc_handler(recorder),))
+    grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
+    grpc_server.start()
+    http_server = ThreadingHTTPServer(("127.0.0.1", 0), _http_handler(recorder))
+    http_server.daemon_threads = True
+    threading.Thread(target=http_server.serve_forever, daemon=True).start()
+
+    tmp = f"{args.port_file}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"grpc_port": grpc_port, "http_port": http_server.server_address[1], "pid": os.getpid()}, f)
+    os.replace(tmp, args.port_file)
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    http_server.shutdown()
+    grpc_server.stop(grace=0.5).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
