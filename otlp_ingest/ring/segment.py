@@ -1,0 +1,173 @@
+"""Ring segment lifecycle: create, attach (map and validate), inspect, unlink, wipe stale ones.
+
+The supervisor creates and unlinks segments; workers and exporters only attach. See
+``otlp_ingest.ring.layout`` for the byte layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import time
+from dataclasses import dataclass
+
+from otlp_ingest.ring import layout
+from otlp_ingest.ring.layout import RingCorrupt, RingUsage
+
+
+def create_ring(name: str, capacity_bytes: int, max_records: int) -> None:
+    """Create (or replace) segment ``name`` with a data area of ``capacity_bytes`` (rounded down
+    to a multiple of 8) holding at most ``max_records`` records.
+
+    The file is built under a temporary name and renamed into place, so an attacher sees either
+    the old segment or a complete new one. Its pages are reserved with ``posix_fallocate``: a
+    tmpfs that is too small (Docker's default /dev/shm is 64 MiB) fails here, loudly, instead of
+    killing a worker with SIGBUS when the ring first fills up.
+    """
+    capacity = capacity_bytes & ~(layout.ALIGN - 1)
+    if capacity < layout.MIN_CAPACITY:
+        raise ValueError(f"ring capacity {capacity_bytes} bytes is below {layout.MIN_CAPACITY}")
+    if max_records < 1:
+        raise ValueError(f"ring max_records {max_records} must be at least 1")
+    path = layout.segment_path(name)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        size = layout.HEADER_SIZE + capacity
+        os.ftruncate(fd, size)
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        header = layout.STATIC_HEADER.pack(
+            layout.MAGIC,
+            layout.LAYOUT_VERSION,
+            layout.HEADER_SIZE,
+            capacity,
+            max_records,
+            os.getpid(),
+            time.time_ns(),
+        )
+        # The rest of the header (counters, pids) is already zero from ftruncate.
+        os.pwrite(fd, header, 0)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+
+
+def unlink_ring(name: str) -> None:
+    """Remove segment ``name``; processes that still map it keep their mapping. No error if it
+    does not exist."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(layout.segment_path(name))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def wipe_stale_rings(prefix: str = layout.NAME_PREFIX) -> list[str]:
+    """Unlink segments named ``<prefix><pid>-...`` whose owner ``pid`` is no longer running
+    (left behind by a supervisor that was killed). Returns the names removed, sorted.
+
+    A recycled pid keeps its stale segment alive; that is harmless because ``create_ring``
+    replaces any segment it needs anyway.
+    """
+    directory = layout.shm_dir()
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid_text = name[len(prefix) :].split("-", 1)[0].split(".", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) <= 0 or _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+    return sorted(removed)
+
+
+@dataclass(frozen=True, slots=True)
+class StaticHeader:
+    capacity: int
+    max_records: int
+    owner_pid: int
+
+
+def parse_static_header(header: bytes, file_size: int, name: str) -> StaticHeader:
+    """Validate the static header fields against the file size; RingCorrupt if anything is off."""
+    if len(header) < layout.HEADER_SIZE or file_size < layout.HEADER_SIZE:
+        raise RingCorrupt(f"ring {name}: file is {file_size} bytes, smaller than the header")
+    magic, version, header_size, capacity, max_records, owner_pid, _created = (
+        layout.STATIC_HEADER.unpack_from(header, 0)
+    )
+    if magic != layout.MAGIC:
+        raise RingCorrupt(f"ring {name}: bad magic {magic!r}")
+    if version != layout.LAYOUT_VERSION:
+        raise RingCorrupt(f"ring {name}: layout version {version}, expected {layout.LAYOUT_VERSION}")
+    if header_size != layout.HEADER_SIZE:
+        raise RingCorrupt(f"ring {name}: header size {header_size}, expected {layout.HEADER_SIZE}")
+    if capacity < layout.MIN_CAPACITY or capacity % layout.ALIGN or capacity + header_size != file_size:
+        raise RingCorrupt(f"ring {name}: capacity {capacity} does not match file size {file_size}")
+    if max_records < 1:
+        raise RingCorrupt(f"ring {name}: max_records {max_records}")
+    return StaticHeader(capacity, max_records, owner_pid)
+
+
+def map_segment(name: str) -> tuple[mmap.mmap, StaticHeader]:
+    """Map segment ``name`` read-write and validate its static header.
+
+    FileNotFoundError if it does not exist; RingCorrupt if it is not a ring of this layout.
+    """
+    fd = os.open(layout.segment_path(name), os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size < layout.HEADER_SIZE:
+            raise RingCorrupt(f"ring {name}: file is {size} bytes, smaller than the header")
+        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)  # the mapping keeps the file alive
+    try:
+        static = parse_static_header(mm[: layout.HEADER_SIZE], size, name)
+    except BaseException:
+        mm.close()
+        raise
+    return mm, static
+
+
+def ring_usage(name: str) -> RingUsage:
+    """A snapshot of ring ``name``'s fill level, read with one ``pread`` (no mapping, no writes).
+
+    FileNotFoundError if it does not exist; RingCorrupt if it is not a ring of this layout.
+    """
+    fd = os.open(layout.segment_path(name), os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        header = os.pread(fd, layout.HEADER_SIZE, 0)
+    finally:
+        os.close(fd)
+    static = parse_static_header(header, size, name)
+    head = layout.U64.unpack_from(header, layout.OFF_HEAD)[0]
+    head_seq = layout.U64.unpack_from(header, layout.OFF_HEAD_SEQ)[0]
+    tail = layout.U64.unpack_from(header, layout.OFF_TAIL)[0]
+    tail_seq = layout.U64.unpack_from(header, layout.OFF_TAIL_SEQ)[0]
+    # The two sides are read at slightly different moments: clamp to what is possible.
+    return RingUsage(
+        records=min(max(0, head_seq - tail_seq), static.max_records),
+        used_bytes=min(max(0, head - tail), static.capacity),
+        capacity_bytes=static.capacity,
+        max_records=static.max_records,
+    )
