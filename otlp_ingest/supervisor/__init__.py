@@ -1,0 +1,1 @@
+"""The supervisor: starts, watches, restarts and stops the receiver workers and exporters."""

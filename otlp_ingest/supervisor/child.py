@@ -1,0 +1,124 @@
+"""One child slot of the supervisor: how a worker or exporter is started and how it reports ready.
+
+Children are started with fork+exec (`subprocess.Popen([sys.executable, "-m", "otlp_ingest",
+"_child", ...])`), never a bare fork, so no gRPC or thread state crosses into them. Each child gets:
+
+- its Settings as JSON in env `OTLP_INGEST_SETTINGS_JSON`,
+- `PROMETHEUS_MULTIPROC_DIR` so its metrics land in per-process files the admin endpoint sums,
+- on the command line its role, index, ring name(s) and `--ready-fd N`: the write end of a pipe
+  on which it writes one line `ready\\n` once it serves. EOF on the pipe before that line means
+  the child died (or closed it) without becoming ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from otlp_ingest.config import Settings, settings_to_json
+
+log = logging.getLogger(__name__)
+
+SETTINGS_ENV = "OTLP_INGEST_SETTINGS_JSON"
+
+# Restart backoff per slot: doubles on each quick death, reset once a child stayed up a while.
+BACKOFF_INITIAL = 0.1
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 30.0  # seconds up (ready) after which the next death starts from BACKOFF_INITIAL
+
+
+@dataclass(eq=False)
+class ChildSlot:
+    """A worker or exporter position: the current process (if any) and its restart history."""
+
+    role: str  # "worker" | "exporter"
+    index: int
+    rings: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    ready_fd: int | None = None  # read end of the readiness pipe while it is open
+    ready: bool = False
+    ever_ready: bool = False  # since the last successful boot of this slot
+    started_at: float = 0.0
+    ready_at: float = 0.0
+    restart_at: float | None = None  # monotonic time of a scheduled (re)start
+    backoff: float = BACKOFF_INITIAL
+    boot_failures: int = 0  # deaths before becoming ready, in a row
+    stopping: bool = False  # we sent SIGTERM (shutdown or rolling restart)
+    rolling: bool = False  # restart immediately after it exits (SIGHUP reload)
+    _buffer: bytes = field(default=b"", repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}[{self.index}]"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def start(self, settings: Settings, multiproc_dir: str) -> None:
+        """Fork+exec the child; the caller registers `ready_fd` with its selector."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        cmd = [sys.executable, "-m", "otlp_ingest", "_child", self.role, "--index", str(self.index)]
+        for ring in self.rings:
+            cmd += ["--ring", ring]
+        cmd += ["--ready-fd", str(write_fd)]
+        env = dict(os.environ)
+        env[SETTINGS_ENV] = settings_to_json(settings)
+        env["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+        try:
+            self.proc = subprocess.Popen(cmd, env=env, pass_fds=(write_fd,), close_fds=True)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)  # only the child holds the write end: EOF tells us it is gone
+        self.ready_fd = read_fd
+        self.ready = False
+        self.stopping = False
+        self.rolling = False
+        self.restart_at = None
+        self.started_at = time.monotonic()
+        self._buffer = b""
+        log.info("%s started (pid %d)", self.name, self.proc.pid)
+
+    def read_ready_pipe(self) -> bool:
+        """Consume what the child wrote. Returns True if the pipe hit EOF (caller unregisters)."""
+        assert self.ready_fd is not None
+        try:
+            data = os.read(self.ready_fd, 256)
+        except BlockingIOError:
+            return False
+        if not data:
+            return True
+        self._buffer += data
+        if b"ready\n" in self._buffer and not self.ready:
+            self.ready = True
+            self.ever_ready = True
+            self.ready_at = time.monotonic()
+            self.boot_failures = 0
+            log.info(
+                "%s ready (pid %s, %.2fs after start)", self.name, self.pid, self.ready_at - self.started_at
+            )
+        return False
+
+    def close_ready_pipe(self) -> None:
+        if self.ready_fd is not None:
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+    def next_backoff(self, now: float) -> float:
+        """Delay before restarting after a crash; doubles for children that die quickly."""
+        if self.ready and now - self.ready_at >= STABLE_AFTER:
+            self.backoff = BACKOFF_INITIAL
+        delay = self.backoff
+        self.backoff = min(BACKOFF_MAX, self.backoff * 2)
+        return delay

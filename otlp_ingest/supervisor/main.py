@@ -1,0 +1,472 @@
+"""The supervisor's main loop (design.md section 2; house rules 1-3, 5, 10).
+
+Start-up: wipe stale rings, create one ring per worker, create the Prometheus multiprocess
+directory, bind the admin endpoint, start the exporters, wait for them to be ready, then start the
+workers (downstream first). Signal handlers only queue the signal and wake the loop through
+`signal.set_wakeup_fd`; the loop does all the work:
+
+- reaps dead children and restarts them with per-slot exponential backoff, counting restarts;
+- halts (exit 3, one line naming the child and its exit code) when a child exits with
+  `ExitCode.CHILD_BOOT` or dies before becoming ready `MAX_BOOT_FAILURES` times in a row;
+- SIGTERM/SIGINT: mark not ready, SIGTERM the workers and wait for them (they finish in-flight
+  requests), then SIGTERM the exporters and wait (they flush what the rings hold), all inside
+  `shutdown_timeout`; then SIGKILL leftovers (exit 4) or exit 0. Rings are unlinked at exit.
+- SIGHUP: reload the config; if valid, restart workers one at a time, then exporters. An invalid
+  config is logged and the old one kept.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import selectors
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+
+import msgspec
+from prometheus_client import multiprocess
+
+from otlp_ingest.config import Settings
+from otlp_ingest.errors import ConfigError, ExitCode
+from otlp_ingest.supervisor.admin import AdminServer
+from otlp_ingest.supervisor.child import ChildSlot
+from otlp_ingest.telemetry.collect import ProcessInfo, TreeSnapshot
+from otlp_ingest.telemetry.logging import configure_logging
+
+log = logging.getLogger("otlp_ingest.supervisor")
+
+MAX_BOOT_FAILURES = 3  # deaths before ready, in a row, before the supervisor halts
+BOOT_TIMEOUT = 60.0  # a child that is not ready by then is killed (counts as a boot failure)
+TICK = 0.5  # longest sleep of the loop: deadlines are checked at least this often
+# Settings that shape the rings or the admin listener: changing them needs a full restart.
+STRUCTURAL = ("workers", "exporters", "queue_bytes", "queue_size", "bind", "admin_port")
+
+
+class Supervisor:
+    """Runs the process tree until a signal stops it; `run()` returns the exit code."""
+
+    def __init__(self, settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+        self.settings = settings
+        self._reload = reload
+        self.pid = os.getpid()
+        self.workers: list[ChildSlot] = []
+        self.exporters: list[ChildSlot] = []
+        self.restarts: dict[str, int] = {"worker": 0, "exporter": 0}
+        self.multiproc_dir = ""
+        self.ring_names: list[str] = []
+        self.admin: AdminServer | None = None
+        self._selector = selectors.DefaultSelector()
+        self._signals: collections.deque[int] = collections.deque()
+        self._wake_r = self._wake_w = -1
+        self._workers_started = False
+        self._shutdown_phase: str | None = None  # None | "workers" | "exporters" | "done"
+        self._deadline = 0.0
+        self._exit_code = ExitCode.OK
+        self._roll_queue: list[ChildSlot] = []
+        self._rolling: ChildSlot | None = None
+        self._snapshot = TreeSnapshot(supervisor_pid=self.pid)
+
+    # --- public -------------------------------------------------------------------------------
+
+    def snapshot(self) -> TreeSnapshot:
+        """The current immutable state, for the admin thread."""
+        return self._snapshot
+
+    def run(self) -> int:
+        try:
+            code = self._boot()
+            if code is not None:
+                return code
+            self._install_signals()
+            self._start_exporters()
+            while self._shutdown_phase != "done":
+                self._tick()
+            return int(self._exit_code)
+        finally:
+            self._cleanup()
+
+    # --- start-up -----------------------------------------------------------------------------
+
+    def _boot(self) -> int | None:
+        """Rings, metrics dir and admin listener. Returns an exit code if start-up failed."""
+        self.multiproc_dir = tempfile.mkdtemp(prefix=f"otlp-ingest-metrics-{self.pid}-")
+        # Children inherit it; set here too so anything in this process uses the same directory.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.multiproc_dir
+        try:
+            from otlp_ingest.ring import create_ring, ring_name, wipe_stale_rings
+        except ImportError as exc:
+            log.error("cannot start: ring module unavailable: %s", exc)
+            return ExitCode.CHILD_BOOT
+        workers = self.settings.resolved_workers()
+        exporters = self.settings.exporters
+        wiped = wipe_stale_rings()
+        if wiped:
+            log.info("removed %d stale ring(s) of dead supervisors: %s", len(wiped), ", ".join(wiped))
+        max_records = max(1, self.settings.queue_size // workers)
+        try:
+            for i in range(workers):
+                name = ring_name(self.pid, i)
+                create_ring(name, self.settings.queue_bytes, max_records)
+                self.ring_names.append(name)
+        except OSError as exc:
+            log.error("cannot create ring of %d bytes: %s", self.settings.queue_bytes, exc)
+            return ExitCode.CHILD_BOOT
+        try:
+            self.admin = AdminServer(
+                self.settings.bind, self.settings.admin_port, self.multiproc_dir, self.snapshot
+            )
+        except OSError as exc:
+            log.error(
+                "cannot listen on admin port %s:%d: %s (set OTLP_ADMIN_PORT or --admin-port)",
+                self.settings.bind,
+                self.settings.admin_port,
+                exc.strerror or exc,
+            )
+            return ExitCode.CHILD_BOOT
+        self.admin.start()
+        self.exporters = [
+            ChildSlot("exporter", j, [n for i, n in enumerate(self.ring_names) if i % exporters == j])
+            for j in range(exporters)
+        ]
+        self.workers = [ChildSlot("worker", i, [n]) for i, n in enumerate(self.ring_names)]
+        log.info(
+            "otlp-ingest supervisor pid %d: %d worker(s), %d exporter(s), grpc :%d http :%d admin :%d, %s",
+            self.pid,
+            workers,
+            exporters,
+            self.settings.grpc_port,
+            self.settings.http_port,
+            self.admin.port,
+            f"backend {self.settings.endpoint}"
+            if self.settings.endpoint
+            else f"file sink {self.settings.data_dir}",
+        )
+        self._publish()
+        return None
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+
+        def queue_signal(signum: int, frame: object) -> None:  # house rule 1: only queue
+            self._signals.append(signum)
+
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, queue_signal)
+
+    def _start_exporters(self) -> None:
+        for slot in self.exporters:
+            self._start(slot)
+
+    def _start(self, slot: ChildSlot) -> None:
+        try:
+            slot.start(self.settings, self.multiproc_dir)
+        except OSError as exc:
+            self._halt(f"cannot start {slot.name}: {exc}")
+            return
+        assert slot.ready_fd is not None
+        self._selector.register(slot.ready_fd, selectors.EVENT_READ, slot)
+        self._publish()
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        timeout = TICK
+        for slot in self._slots():
+            if slot.restart_at is not None:
+                timeout = min(timeout, max(0.0, slot.restart_at - now))
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                self._drain_wakeup()
+            else:
+                self._on_ready_pipe(key.data)
+        while self._signals:
+            self._on_signal(self._signals.popleft())
+        self._reap()
+        now = time.monotonic()
+        if self._shutdown_phase is None:
+            self._start_due(now)
+            self._check_boot_timeouts(now)
+            self._advance_roll()
+        else:
+            self._advance_shutdown(now)
+        self._publish()
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _on_ready_pipe(self, slot: ChildSlot) -> None:
+        was_ready = slot.ready
+        if slot.read_ready_pipe():
+            self._close_pipe(slot)
+        if slot.ready and not was_ready:
+            self._on_child_ready(slot)
+
+    def _close_pipe(self, slot: ChildSlot) -> None:
+        if slot.ready_fd is not None:
+            self._selector.unregister(slot.ready_fd)
+            slot.close_ready_pipe()
+
+    def _on_child_ready(self, slot: ChildSlot) -> None:
+        if (
+            not self._workers_started
+            and self._shutdown_phase is None
+            and all(e.ready for e in self.exporters)
+        ):
+            log.info(
+                "all %d exporter(s) ready: starting %d worker(s)", len(self.exporters), len(self.workers)
+            )
+            self._workers_started = True
+            for worker in self.workers:
+                self._start(worker)
+        if self._workers_started and all(s.ready for s in self._slots()) and self._rolling is None:
+            log.info("all children ready")
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGCHLD:
+            return  # _reap runs every tick
+        if signum == signal.SIGHUP:
+            self._on_reload()
+            return
+        name = signal.Signals(signum).name
+        if self._shutdown_phase is None:
+            log.info("%s received: shutting down (deadline %gs)", name, self.settings.shutdown_timeout)
+            self._begin_shutdown(ExitCode.OK)
+        elif signum == signal.SIGINT:
+            log.warning("second SIGINT: killing every child now")
+            self._kill_all()
+            self._exit_code = ExitCode.SHUTDOWN_TIMEOUT
+        else:
+            log.info("%s received: already shutting down", name)
+
+    def _reap(self) -> None:
+        for slot in self._slots():
+            if slot.proc is None or slot.proc.returncode is not None:
+                continue
+            code = slot.proc.poll()
+            if code is not None:
+                self._on_exit(slot, code)
+
+    def _on_exit(self, slot: ChildSlot, code: int) -> None:
+        pid = slot.proc.pid if slot.proc else 0
+        if slot.ready_fd is not None:  # it may have said "ready" just before dying
+            for _ in range(8):  # the write end is closed: data, then EOF
+                if slot.read_ready_pipe():
+                    break
+            self._close_pipe(slot)
+        multiprocess.mark_process_dead(pid, self.multiproc_dir)
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        became_ready = slot.ready
+        slot.ready = False
+        if self._shutdown_phase is not None:
+            log.info("%s exited (pid %d, %s)", slot.name, pid, how)
+            if code == ExitCode.SHUTDOWN_TIMEOUT:
+                self._exit_code = ExitCode.SHUTDOWN_TIMEOUT
+            return
+        if slot.rolling:
+            log.info(
+                "%s exited for reload (pid %d, %s): starting it with the new config", slot.name, pid, how
+            )
+            self._start(slot)
+            return
+        if code == ExitCode.CHILD_BOOT:
+            self._halt(f"{slot.name} (pid {pid}) could not boot: exit code {code}; see its log line above")
+            return
+        log.warning("%s exited unexpectedly (pid %d, %s)", slot.name, pid, how)
+        if not became_ready:
+            slot.boot_failures += 1
+            if slot.boot_failures >= MAX_BOOT_FAILURES:
+                self._halt(
+                    f"{slot.name} died before becoming ready {slot.boot_failures} times in a row "
+                    f"(last: pid {pid}, {how})"
+                )
+                return
+        now = time.monotonic()
+        slot.ready = became_ready  # next_backoff looks at how long it was up
+        delay = slot.next_backoff(now)
+        slot.ready = False
+        slot.restart_at = now + delay
+        log.info("%s restarting in %.2fs", slot.name, delay)
+
+    def _start_due(self, now: float) -> None:
+        for slot in self._slots():
+            if slot.restart_at is not None and slot.restart_at <= now and not slot.alive:
+                if slot.role == "worker" and not self._workers_started:
+                    continue
+                self.restarts[slot.role] += 1
+                log.info("%s restarted (restart #%d of %ss)", slot.name, self.restarts[slot.role], slot.role)
+                self._start(slot)
+
+    def _check_boot_timeouts(self, now: float) -> None:
+        for slot in self._slots():
+            if slot.alive and not slot.ready and not slot.stopping and now - slot.started_at > BOOT_TIMEOUT:
+                log.error("%s not ready after %gs: killing it", slot.name, BOOT_TIMEOUT)
+                slot.stopping = True
+                slot.proc.kill()  # type: ignore[union-attr]
+
+    # --- shutdown -----------------------------------------------------------------------------
+
+    def _halt(self, message: str) -> None:
+        log.error("halting: %s", message)
+        self._begin_shutdown(ExitCode.CHILD_BOOT)
+
+    def _begin_shutdown(self, code: ExitCode) -> None:
+        if self._shutdown_phase is not None:
+            return
+        self._exit_code = code
+        self._deadline = time.monotonic() + self.settings.shutdown_timeout
+        self._roll_queue.clear()
+        self._rolling = None
+        for slot in self._slots():
+            slot.restart_at = None
+        log.info("shutdown: draining, stopping %d worker(s)", sum(s.alive for s in self.workers))
+        self._shutdown_phase = "workers"
+        self._terminate(self.workers)
+        self._publish()
+
+    def _terminate(self, slots: list[ChildSlot]) -> None:
+        for slot in slots:
+            if slot.alive and not slot.stopping:
+                slot.stopping = True
+                slot.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+
+    def _advance_shutdown(self, now: float) -> None:
+        if self._shutdown_phase == "workers" and not any(s.alive for s in self.workers):
+            log.info(
+                "shutdown: workers stopped; stopping %d exporter(s)", sum(s.alive for s in self.exporters)
+            )
+            self._shutdown_phase = "exporters"
+            self._terminate(self.exporters)
+        if self._shutdown_phase == "exporters" and not any(s.alive for s in self.exporters):
+            log.info("shutdown: exporters stopped")
+            self._shutdown_phase = "done"
+            return
+        if now >= self._deadline:
+            left = [f"{s.name} (pid {s.pid})" for s in self._slots() if s.alive]
+            log.error(
+                "shutdown deadline of %gs passed: killing %s", self.settings.shutdown_timeout, ", ".join(left)
+            )
+            self._kill_all()
+            if self._exit_code == ExitCode.OK:
+                self._exit_code = ExitCode.SHUTDOWN_TIMEOUT
+
+    def _kill_all(self) -> None:
+        for slot in self._slots():
+            if slot.alive:
+                slot.proc.kill()  # type: ignore[union-attr]
+        for slot in self._slots():
+            if slot.proc is not None and slot.proc.returncode is None:
+                code = slot.proc.wait()
+                self._on_exit(slot, code)
+        self._shutdown_phase = "done"
+
+    def _cleanup(self) -> None:
+        for slot in self._slots():
+            if slot.alive:  # only after an unexpected error in the loop itself
+                slot.proc.kill()  # type: ignore[union-attr]
+                slot.proc.wait()  # type: ignore[union-attr]
+            if slot.ready_fd is not None:
+                slot.close_ready_pipe()
+        if self.admin is not None:
+            self.admin.stop()
+        if self.ring_names:
+            from otlp_ingest.ring import unlink_ring
+
+            for name in self.ring_names:
+                unlink_ring(name)
+        if self._wake_w >= 0:
+            signal.set_wakeup_fd(-1)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        if self.multiproc_dir:
+            shutil.rmtree(self.multiproc_dir, ignore_errors=True)
+        log.info("supervisor exiting with code %d", int(self._exit_code))
+
+    # --- reload (SIGHUP) ----------------------------------------------------------------------
+
+    def _on_reload(self) -> None:
+        if self._reload is None or self._shutdown_phase is not None:
+            return
+        log.info("SIGHUP received: reloading config")
+        try:
+            new = self._reload()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused, keeping the running config: %s", problem)
+            return
+        kept = {}
+        for name in STRUCTURAL:
+            old_value, new_value = getattr(self.settings, name), getattr(new, name)
+            if old_value != new_value:
+                log.warning(
+                    "reload: %s %r -> %r needs a full restart; keeping %r",
+                    name,
+                    old_value,
+                    new_value,
+                    old_value,
+                )
+                kept[name] = old_value
+        new = msgspec.structs.replace(new, **kept)
+        self.settings = new
+        configure_logging(new.log_level, "supervisor")
+        # Workers first (one at a time, so the others keep serving), then exporters.
+        self._roll_queue = [*self.workers, *self.exporters]
+        log.info(
+            "reload: rolling restart of %d worker(s), then %d exporter(s)",
+            len(self.workers),
+            len(self.exporters),
+        )
+
+    def _advance_roll(self) -> None:
+        if self._rolling is not None:
+            slot = self._rolling
+            if slot.alive and slot.ready and not slot.rolling:
+                log.info("reload: %s restarted with the new config", slot.name)
+                self._rolling = None
+            else:
+                return
+        while self._roll_queue:
+            slot = self._roll_queue.pop(0)
+            if slot.alive and slot.ready:
+                log.info("reload: stopping %s (pid %s)", slot.name, slot.pid)
+                slot.rolling = True
+                slot.stopping = True
+                slot.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+                self._rolling = slot
+                return
+            # Not running (waiting for a restart): it will start with the new settings anyway.
+
+    # --- state --------------------------------------------------------------------------------
+
+    def _slots(self) -> list[ChildSlot]:
+        return [*self.exporters, *self.workers]
+
+    def _publish(self) -> None:
+        processes = tuple(
+            ProcessInfo(s.role, s.index, s.pid if s.alive else None, s.alive and s.ready, s.ready)
+            for s in self._slots()
+        )
+        self._snapshot = TreeSnapshot(
+            supervisor_pid=self.pid,
+            processes=processes,
+            restarts=dict(self.restarts),
+            exporter_rings={s.index: tuple(s.rings) for s in self.exporters},
+            draining=self._shutdown_phase is not None or not self._workers_started,
+        )
+
+
+def run_supervisor(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; `reload` re-reads the config on SIGHUP."""
+    return Supervisor(settings, reload).run()
