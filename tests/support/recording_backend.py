@@ -10,11 +10,11 @@ gzip accepted, plus the control API). Once both listen it writes
 `{"grpc_port": P, "http_port": Q, "pid": N}` to PATH atomically (temp file + rename).
 
 Control API on the HTTP port:
-- `GET /_records` -> `{"traces": {"requests": n, "items": n, "failed": n, "keys": {key: count}},
-  "metrics": {...}, "logs": {...}}`. `requests` counts accepted requests, `failed` injected
-  failures. Item keys: span = trace_id hex + ":" + span_id hex; log record = body string + ":" +
-  time_unix_nano; metric point = metric name + ":" + time_unix_nano + ":" + sorted attributes
-  k=v joined by ",".
+- `GET /_records` -> `{"traces": {"requests": n, "items": n, "failed": n, "max_request_items": n,
+  "keys": {key: count}}, "metrics": {...}, "logs": {...}}`. `requests` counts accepted requests,
+  `failed` injected failures, `max_request_items` the largest accepted request. Item keys:
+  span = trace_id hex + ":" + span_id hex; log record = body string + ":" + time_unix_nano;
+  metric point = metric name + ":" + time_unix_nano + ":" + sorted attributes k=v joined by ",".
 - `POST /_control` JSON `{"fail_next": N, "fail_code": "...", "delay_ms": M, "retry_after_s": S}`
   (each key optional) changes fault injection; `POST /_reset` clears the records.
 
@@ -119,7 +119,8 @@ class Recorder:
     def reset(self) -> None:
         with self.lock:
             self.records = {
-                name: {"requests": 0, "items": 0, "failed": 0, "keys": Counter()} for name in SIGNALS
+                name: {"requests": 0, "items": 0, "failed": 0, "max_request_items": 0, "keys": Counter()}
+                for name in SIGNALS
             }
 
     def control(self, doc: dict[str, Any]) -> None:
@@ -155,6 +156,7 @@ class Recorder:
             entry = self.records[signal]
             entry["requests"] += 1
             entry["items"] += len(keys)
+            entry["max_request_items"] = max(entry["max_request_items"], len(keys))
             entry["keys"].update(keys)
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,0 +1,330 @@
+"""The exporter process's main loop.
+
+One thread (this one) owns the rings, the batcher and the commit bookkeeping; a small pool of
+sending threads (settings.export_concurrency) only calls `Sender.send` with retries and posts the
+outcome back on a queue. So ring readers and pending lists are never shared between threads.
+
+Loop: apply completed sends (mark records done, commit each ring's done prefix), read new records
+into per-signal batches (unless enough batches are already waiting: then the rings fill up and the
+receivers refuse, which is the backpressure), close timed-out batches, hand closed batches to the
+senders, and when nothing happened wait on an Event with a timeout growing from 1 ms to 20 ms
+(sends completing and signals set the Event, so idle CPU is near zero and latency stays low).
+
+SIGTERM/SIGINT only set an Event. Draining then reads on until every ring is empty, flushes open
+batches at once and returns 0 when nothing is pending; past settings.shutdown_timeout it aborts
+retries and returns ExitCode.SHUTDOWN_TIMEOUT if anything is left uncommitted (it stays in the
+ring for the next exporter).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal as signal_mod
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from otlp_ingest.config import Settings
+from otlp_ingest.errors import ExitCode
+from otlp_ingest.exporter.batcher import Batch, Batcher
+from otlp_ingest.exporter.pending import PendingEntry, PendingRing
+from otlp_ingest.exporter.retry import RetryAborted, RetryPolicy, call_with_retry
+from otlp_ingest.exporter.sender import Sender, SendError, SendResult
+from otlp_ingest.otlp.signals import SIGNALS, Signal
+from otlp_ingest.ring import Record, RingCorrupt, RingReader
+from otlp_ingest.telemetry import metrics
+from otlp_ingest.telemetry.logging import RateLimitedLogger
+
+log = logging.getLogger(__name__)
+limited = RateLimitedLogger(log, interval=10.0)
+
+IDLE_WAIT_MIN = 0.001
+IDLE_WAIT_MAX = 0.020
+READ_BURST = 512  # records per ring per loop turn, so one busy ring cannot starve the others
+
+
+def build_sender(settings: Settings) -> Sender:
+    """The backend sender for settings: gRPC, HTTP/protobuf, or the file sink without endpoint."""
+    if settings.endpoint is None:
+        from otlp_ingest.exporter.file_sink import FileSink
+
+        return FileSink(settings)
+    if settings.export_protocol == "http/protobuf":
+        from otlp_ingest.exporter.otlp_http import HttpSender
+
+        return HttpSender(settings)
+    from otlp_ingest.exporter.otlp_grpc import GrpcSender
+
+    return GrpcSender(settings)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    batch: Batch[PendingEntry[Record]]
+    result: SendResult | None  # None: failed or aborted
+    error: SendError | None
+    aborted: bool = False
+
+
+class _SendPool:
+    """Daemon sending threads. Daemon, so an exporter past its deadline can exit while a send is
+    still blocked in a socket (ThreadPoolExecutor would join it at interpreter exit)."""
+
+    def __init__(
+        self,
+        size: int,
+        sender: Sender,
+        policy: RetryPolicy,
+        abort: threading.Event,
+        wake: threading.Event,
+        exporter: str,
+    ) -> None:
+        self._sender = sender
+        self._policy = policy
+        self._abort = abort
+        self._wake = wake
+        self._exporter = exporter
+        self._jobs: queue.SimpleQueue[Batch[PendingEntry[Record]] | None] = queue.SimpleQueue()
+        self.outcomes: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"send-{i}", daemon=True) for i in range(max(1, size))
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, batch: Batch[PendingEntry[Record]]) -> None:
+        self._jobs.put(batch)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (batch := self._jobs.get()) is not None:
+            self.outcomes.put(self._send(batch))
+            self._wake.set()
+
+    def _send(self, batch: Batch[PendingEntry[Record]]) -> _Outcome:
+        name = SIGNALS[batch.signal].name
+        payload = batch.payload()
+        duration = metrics.EXPORT_DURATION.labels(self._exporter, name)
+
+        def attempt() -> SendResult:
+            start = time.perf_counter()
+            try:
+                return self._sender.send(batch.signal, payload)
+            except SendError:
+                raise
+            except Exception as error:  # a bug or an odd library error: retry rather than drop
+                log.exception("unexpected error sending %s batch", name)
+                raise SendError(f"unexpected: {error!r}", retryable=True) from error
+            finally:
+                duration.observe(time.perf_counter() - start)
+
+        def on_retry(error: SendError, delay: float) -> None:
+            metrics.EXPORTER_SEND_RETRIES.labels(self._exporter, name).inc()
+            limited.warning(
+                f"retry-{name}", "sending %s batch failed, retrying in %.2fs: %s", name, delay, error.message
+            )
+
+        try:
+            return _Outcome(batch, call_with_retry(attempt, self._policy, self._abort, on_retry), None)
+        except RetryAborted:
+            return _Outcome(batch, None, None, aborted=True)
+        except SendError as error:
+            return _Outcome(batch, None, error)
+
+
+class _Exporter:
+    def __init__(self, settings: Settings, index: int, ring_names: list[str]) -> None:
+        self.settings = settings
+        self.label = str(index)
+        self.ring_names = ring_names
+        self.stop = threading.Event()  # SIGTERM/SIGINT
+        self.wake = threading.Event()  # a send finished or a signal arrived
+        self.abort = threading.Event()  # the drain deadline passed: interrupt retries
+        self.readers: list[RingReader] = []
+        self.pending: list[PendingRing[Record]] = []
+        self.batcher: Batcher[PendingEntry[Record]] = Batcher(
+            settings.batch_size, settings.batch_max_bytes, settings.batch_timeout, time.monotonic
+        )
+        self.ready: deque[Batch[PendingEntry[Record]]] = deque()
+        self.in_flight = 0
+        self.max_in_flight = max(1, settings.export_concurrency)
+        # Closed batches allowed to wait for a sender before we stop reading the rings.
+        self.max_ready = self.max_in_flight * 2
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop.set()
+        self.wake.set()
+
+    def run(self, notify_ready: Callable[[], None]) -> int:
+        signal_mod.signal(signal_mod.SIGTERM, self._on_signal)
+        signal_mod.signal(signal_mod.SIGINT, self._on_signal)
+        try:
+            for i, name in enumerate(self.ring_names):
+                self.readers.append(RingReader.attach(name))
+                self.pending.append(PendingRing(i))
+            sender = build_sender(self.settings)
+        except (OSError, ValueError, RingCorrupt) as error:
+            # Missing ring, bad endpoint, unwritable data dir: restarting cannot fix it.
+            log.error("exporter %s cannot start: %s", self.label, error)
+            for reader in self.readers:
+                reader.close()
+            return ExitCode.CHILD_BOOT
+        pool = _SendPool(
+            self.max_in_flight,
+            sender,
+            RetryPolicy.from_settings(self.settings),
+            self.abort,
+            self.wake,
+            self.label,
+        )
+        log.info(
+            "exporter %s reading %s, sending to %s",
+            self.label,
+            ",".join(self.ring_names) or "-",
+            self.settings.endpoint or f"files in {self.settings.data_dir}",
+        )
+        notify_ready()
+        try:
+            return self._loop(pool)
+        finally:
+            pool.stop()
+            sender.close()
+            for reader in self.readers:
+                reader.close()
+
+    def _loop(self, pool: _SendPool) -> int:
+        idle = IDLE_WAIT_MIN
+        deadline: float | None = None
+        while True:
+            progressed = self._apply_outcomes(pool)
+            rings_empty = True
+            if len(self.ready) < self.max_ready:
+                read, rings_empty = self._read_rings()
+                progressed |= read
+            else:
+                rings_empty = False
+            now = time.monotonic()
+            if self.stop.is_set():
+                if deadline is None:
+                    deadline = now + self.settings.shutdown_timeout
+                    log.info(
+                        "exporter %s draining (deadline %.1fs)", self.label, self.settings.shutdown_timeout
+                    )
+                # Receivers stop first, so the rings only shrink now: send what we hold at once.
+                self.ready.extend(self.batcher.flush())
+            else:
+                self.ready.extend(self.batcher.expired(now))
+            while self.ready and self.in_flight < self.max_in_flight:
+                pool.submit(self.ready.popleft())
+                self.in_flight += 1
+                progressed = True
+            if deadline is not None:
+                if rings_empty and not self.ready and not self.in_flight and not len(self.batcher):
+                    log.info("exporter %s drained", self.label)
+                    return ExitCode.OK
+                if now >= deadline:
+                    return self._give_up()
+            if progressed:
+                idle = IDLE_WAIT_MIN
+                continue
+            timeout = idle
+            next_close = self.batcher.next_deadline()
+            if next_close is not None:
+                timeout = min(timeout, max(0.0, next_close - now))
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline - now))
+            if self.wake.wait(timeout):
+                self.wake.clear()
+            idle = min(idle * 2, IDLE_WAIT_MAX)
+
+    def _read_rings(self) -> tuple[bool, bool]:
+        """Read up to READ_BURST records per ring into batches. Returns (read any, all empty)."""
+        read_any = False
+        all_empty = True
+        for reader, pending in zip(self.readers, self.pending, strict=True):
+            for _ in range(READ_BURST):
+                try:
+                    record = reader.read()
+                except RingCorrupt:
+                    # A corrupt record cannot be skipped safely (its length is not trusted);
+                    # exit loudly so the supervisor sees it rather than silently losing data.
+                    log.exception("ring %s is corrupt", self.ring_names[pending.ring])
+                    raise
+                if record is None:
+                    break
+                read_any = True
+                entry = pending.track(record)
+                self.ready.extend(
+                    self.batcher.add(Signal(record.signal), record.item_count, record.payload, entry)
+                )
+            else:
+                all_empty = False
+        return read_any, all_empty
+
+    def _apply_outcomes(self, pool: _SendPool) -> bool:
+        touched: set[int] = set()
+        while True:
+            try:
+                outcome = pool.outcomes.get_nowait()
+            except queue.Empty:
+                break
+            self.in_flight -= 1
+            if outcome.aborted:
+                continue  # left uncommitted: the next exporter re-reads it
+            batch = outcome.batch
+            name = SIGNALS[batch.signal].name
+            if outcome.result is not None:
+                metrics.EXPORTER_SENT[batch.signal].labels(self.label).inc(batch.items)
+                metrics.EXPORTER_BATCH_ITEMS.labels(self.label, name).observe(batch.items)
+                if outcome.result.rejected or outcome.result.error_message:
+                    limited.warning(
+                        f"partial-{name}",
+                        "backend rejected %d of %d %s: %s",
+                        outcome.result.rejected,
+                        batch.items,
+                        SIGNALS[batch.signal].item_noun,
+                        outcome.result.error_message,
+                    )
+            else:
+                metrics.EXPORTER_SEND_FAILED[batch.signal].labels(self.label).inc(batch.items)
+                limited.error(
+                    f"failed-{name}",
+                    "dropping %s batch of %d items: %s",
+                    name,
+                    batch.items,
+                    outcome.error.message if outcome.error else "?",
+                )
+            for entry in batch.tokens:
+                entry.done = True
+                touched.add(entry.ring)
+        for ring in touched:
+            committable = self.pending[ring].pop_committable()
+            if committable:
+                # commit releases a record and every one before it: the last one is enough.
+                self.readers[ring].commit(committable[-1])
+        return bool(touched)
+
+    def _give_up(self) -> int:
+        self.abort.set()
+        left = sum(len(p) for p in self.pending)
+        log.error(
+            "exporter %s: shutdown timeout with %d records uncommitted (kept in the ring)", self.label, left
+        )
+        return ExitCode.SHUTDOWN_TIMEOUT if left or self.in_flight else ExitCode.OK
+
+
+def run_exporter(
+    settings: Settings, exporter_index: int, ring_names: list[str], notify_ready: Callable[[], None]
+) -> int:
+    """Run exporter `exporter_index` over `ring_names` until SIGTERM/SIGINT; return an ExitCode.
+
+    Must run in the process's main thread (it installs signal handlers). Everything process-wide
+    (ring mappings, grpc channel, threads) is created here, never before.
+    """
+    return _Exporter(settings, exporter_index, ring_names).run(notify_ready)
