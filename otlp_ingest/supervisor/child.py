@@ -75,7 +75,9 @@ class ChildSlot:
         env[SETTINGS_ENV] = settings_to_json(settings)
         env["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
         try:
-            self.proc = subprocess.Popen(cmd, env=env, pass_fds=(write_fd,), close_fds=True)
+            # Own process group: a Ctrl-C or `kill -- -pgid` aimed at the supervisor must not reach
+            # the children directly, or exporters would drain while workers still accept data.
+            self.proc = subprocess.Popen(cmd, env=env, pass_fds=(write_fd,), close_fds=True, process_group=0)
         except BaseException:
             os.close(read_fd)
             raise
