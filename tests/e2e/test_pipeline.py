@@ -126,13 +126,16 @@ def make_exporter(signal: Signal, protocol: str, server: ServerProcess, gzip: bo
         from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        compression = Compression.Gzip if gzip else Compression.NoCompression
     else:
         from opentelemetry.exporter.otlp.common.http import Compression
         from opentelemetry.exporter.otlp.json.http._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.json.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter
+
+        compression = Compression.GZIP if gzip else Compression.NONE  # this package spells it so
     cls = {"traces": OTLPSpanExporter, "metrics": OTLPMetricExporter, "logs": OTLPLogExporter}[name]
-    compression = Compression.Gzip if gzip else Compression.NoCompression
     return cls(endpoint=url, compression=compression, timeout=10)
 
 
