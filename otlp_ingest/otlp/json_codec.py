@@ -68,9 +68,9 @@ _HEX_ID_MESSAGES = frozenset(
 )
 _HEX_ID_FIELDS = frozenset({"trace_id", "span_id", "parent_span_id"})
 
-# Message nesting the decoder accepts. upb refuses to *parse* protobuf nested deeper than 100
-# messages, so a deeper JSON request would turn into a payload no exporter or backend can read.
-# Counted like upb: the top-level request is depth 1.
+# Message nesting the decoder accepts (the top-level request is depth 1). upb refuses to *parse*
+# protobuf nested deeper than about 100 messages, so a deeper JSON request would turn into a payload
+# no exporter or backend can read; 100 stays just inside upb's limit (a test pins that).
 MAX_DEPTH = 100
 
 _F = FieldDescriptor
