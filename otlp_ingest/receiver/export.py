@@ -1,0 +1,221 @@
+"""The one export path both transports call: decode, validate, write to the ring, count.
+
+    ExportService(ring_writer, settings).export(signal, body, content_format, transport)
+        -> ExportResult(response, accepted, rejected)
+
+`body` is the (already decompressed, size-checked) request body; `content_format` is "protobuf"
+or "json"; `transport` ("grpc" | "http") only labels metrics. Errors are raised as the types in
+`otlp_ingest.errors` (InvalidArgument, QueueFull, ShuttingDown); the transport maps them with
+`otlp_ingest.status`. This module imports neither grpc nor starlette.
+
+What lands in the ring is always the serialized protobuf `Export*ServiceRequest` holding only the
+valid items: the original bytes when every item is valid (no re-encode), else the re-serialized
+subset that `validate` produced. A request with no valid items writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from otlp_ingest import errors
+from otlp_ingest.config import Settings
+from otlp_ingest.otlp.json_codec import decode_json
+from otlp_ingest.otlp.signals import SIGNALS, Signal, response_bytes
+from otlp_ingest.otlp.validate import ValidatedPayload, validate_message, validate_protobuf
+from otlp_ingest.telemetry import metrics
+from otlp_ingest.telemetry.logging import RateLimitedLogger
+
+log = logging.getLogger(__name__)
+
+ContentFormat = Literal["protobuf", "json"]
+
+# Advice given to clients when the ring is full: the exporter drains a ring in well under a second
+# when the backend keeps up, so one second is the smallest useful hint the wire formats allow.
+QUEUE_FULL_RETRY_AFTER = 1.0
+SHUTTING_DOWN_RETRY_AFTER = 1.0
+
+# JSON names of Export*PartialSuccess.rejected_* (OTLP/JSON uses lowerCamelCase).
+_JSON_REJECTED_FIELD = {
+    Signal.TRACES: "rejectedSpans",
+    Signal.METRICS: "rejectedDataPoints",
+    Signal.LOGS: "rejectedLogRecords",
+}
+
+
+class RingWriterLike(Protocol):
+    """The seam to the ring: `otlp_ingest.ring.RingWriter` satisfies it."""
+
+    def try_write(self, signal: int, item_count: int, payload: bytes | memoryview) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class ExportResult:
+    """What the transport sends back: `response` is the serialized Export*ServiceResponse in the
+    request's content format (protobuf bytes, or OTLP/JSON bytes such as `{}`)."""
+
+    response: bytes
+    accepted: int
+    rejected: int
+
+
+def response_json(signal: Signal, rejected: int = 0, error_message: str = "") -> bytes:
+    """OTLP/JSON of an Export*ServiceResponse: `{}` when empty, else `partialSuccess` (int64 as a
+    decimal string, per the proto3 JSON mapping)."""
+    if not rejected and not error_message:
+        return b"{}"
+    partial: dict[str, str] = {}
+    if rejected:
+        partial[_JSON_REJECTED_FIELD[signal]] = str(rejected)
+    if error_message:
+        partial["errorMessage"] = error_message
+    return json.dumps({"partialSuccess": partial}, separators=(",", ":")).encode()
+
+
+class _Series:
+    """Metric children for one (signal, transport), resolved once: `.labels()` is not free."""
+
+    __slots__ = ("_signal_name", "_transport", "accepted", "duration", "outcomes", "refused")
+
+    def __init__(self, signal: Signal, transport: str) -> None:
+        name = SIGNALS[signal].name
+        self.accepted = metrics.RECEIVER_ACCEPTED[signal].labels(transport)
+        self.refused = metrics.RECEIVER_REFUSED[signal].labels(transport)
+        self.duration = metrics.RECEIVER_REQUEST_DURATION.labels(transport, name)
+        self.outcomes: dict[str, object] = {}
+        self._signal_name = name
+        self._transport = transport
+
+    def outcome(self, outcome: str) -> None:
+        child = self.outcomes.get(outcome)
+        if child is None:
+            child = metrics.RECEIVER_REQUESTS.labels(self._transport, self._signal_name, outcome)
+            self.outcomes[outcome] = child
+        child.inc()  # type: ignore[attr-defined]
+
+
+def outcome_for(error: BaseException) -> str:
+    """The `outcome` label of otlp_receiver_requests_total for a failed request."""
+    if isinstance(error, errors.PayloadTooLarge):
+        return "too_large"
+    if isinstance(error, errors.UnsupportedMediaType | errors.UnsupportedEncoding):
+        return "unsupported"
+    if isinstance(error, errors.PermanentError):
+        return "invalid"
+    if isinstance(error, errors.RetryableError):
+        return "refused"
+    return "error"
+
+
+class ExportService:
+    """The transport-agnostic export path of one receiver worker. Thread-safe: gRPC handler
+    threads and the HTTP event loop call `export` concurrently; ring writes are serialized by a
+    lock because the ring has exactly one producer."""
+
+    def __init__(self, ring_writer: RingWriterLike, settings: Settings) -> None:
+        self._ring = ring_writer
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._draining = False
+        self._closed = False
+        self._series: dict[tuple[Signal, str], _Series] = {}
+        self._full_log = RateLimitedLogger(log)
+        # Empty responses are the common case: build them once.
+        self._empty = {(signal, "protobuf"): response_bytes(signal) for signal in SIGNALS} | {
+            (signal, "json"): b"{}" for signal in SIGNALS
+        }
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def start_draining(self) -> None:
+        """From now on every export is refused with ShuttingDown (retryable)."""
+        self._draining = True
+
+    def close(self) -> None:
+        """Refuse further exports and close the ring writer (after in-flight writes finish)."""
+        with self._lock:
+            self._draining = True
+            if not self._closed:
+                self._closed = True
+                self._ring.close()
+
+    def _series_for(self, signal: Signal, transport: str) -> _Series:
+        series = self._series.get((signal, transport))
+        if series is None:
+            series = self._series[(signal, transport)] = _Series(signal, transport)
+        return series
+
+    def record_failure(self, signal: Signal, transport: str, error: BaseException) -> None:
+        """Count a request the transport refused before calling `export` (413, 415, ...)."""
+        self._series_for(signal, transport).outcome(outcome_for(error))
+
+    def export(
+        self, signal: Signal, body: bytes, content_format: ContentFormat, transport: str
+    ) -> ExportResult:
+        """Validate `body` and queue its valid items. See the module docstring."""
+        started = time.perf_counter()
+        series = self._series_for(signal, transport)
+        try:
+            if self._draining:
+                raise errors.ShuttingDown(
+                    "server is shutting down; retry against another replica",
+                    retry_after=SHUTTING_DOWN_RETRY_AFTER,
+                )
+            validated: ValidatedPayload
+            if content_format == "protobuf":
+                validated = validate_protobuf(signal, body)
+            else:
+                validated = validate_message(signal, decode_json(signal, body))
+            accepted = validated.accepted
+            rejected = validated.rejected
+            if accepted:
+                try:
+                    self._write(signal, accepted, validated.payload)
+                except errors.RetryableError:
+                    series.refused.inc(accepted + rejected)
+                    raise
+                series.accepted.inc(accepted)
+            if rejected or validated.error_message:
+                if rejected:
+                    series.refused.inc(rejected)
+                series.outcome("partial")
+                if content_format == "protobuf":
+                    response = response_bytes(signal, rejected, validated.error_message)
+                else:
+                    response = response_json(signal, rejected, validated.error_message)
+            else:
+                series.outcome("ok")
+                response = self._empty[(signal, content_format)]
+            return ExportResult(response, accepted, rejected)
+        except BaseException as exc:
+            series.outcome(outcome_for(exc))
+            raise
+        finally:
+            series.duration.observe(time.perf_counter() - started)
+
+    def _write(self, signal: Signal, accepted: int, payload: bytes) -> None:
+        with self._lock:
+            if self._closed:
+                raise errors.ShuttingDown(
+                    "server is shutting down; retry against another replica",
+                    retry_after=SHUTTING_DOWN_RETRY_AFTER,
+                )
+            ok = self._ring.try_write(signal, accepted, payload)
+        if not ok:
+            self._full_log.warning(
+                "queue_full",
+                "queue full: refusing %s request with %d items (exporter behind or backend slow)",
+                SIGNALS[signal].name,
+                accepted,
+            )
+            raise errors.QueueFull(
+                "queue full: the server is overloaded, retry later", retry_after=QUEUE_FULL_RETRY_AFTER
+            )

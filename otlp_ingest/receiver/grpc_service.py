@@ -1,0 +1,96 @@
+"""OTLP/gRPC transport: a grpcio sync server with raw-bytes handlers for the three Export methods.
+
+The handlers get the request as bytes (no request deserializer) so the body is decoded exactly
+once, by `validate`, and return the already-serialized response bytes. Errors are mapped with
+`otlp_ingest.status`; every error carries a `google.rpc.Status` in the `grpc-status-details-bin`
+trailer, with a `google.rpc.RetryInfo` detail when the client should retry. Messages above
+`settings.grpc_max_recv_bytes` are refused by grpc itself with RESOURCE_EXHAUSTED (no RetryInfo).
+gzip request compression is handled by grpc.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from otlp_ingest import errors
+from otlp_ingest.config import Settings
+from otlp_ingest.otlp.signals import SIGNALS, Signal
+from otlp_ingest.receiver.export import ExportService
+from otlp_ingest.receiver.rpc_status import DETAILS_TRAILER, status_bytes
+from otlp_ingest.status import retry_after_seconds, status_for
+from otlp_ingest.telemetry.logging import RateLimitedLogger
+
+log = logging.getLogger(__name__)
+_unexpected_log = RateLimitedLogger(log)
+
+# Handler threads. Decoding holds the GIL, so more threads than this only add contention; enough
+# to overlap socket reads and ring writes with decoding.
+GRPC_THREADS = 8
+
+
+def grpc_address(bind: str, port: int) -> str:
+    """`host:port` as grpc wants it (IPv6 literals in brackets)."""
+    host = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
+    return f"{host}:{port}"
+
+
+def _abort(context: grpc.ServicerContext, signal: Signal, exc: BaseException) -> None:
+    wire = status_for(exc)
+    if isinstance(exc, errors.OtlpError):
+        message = exc.message
+    else:
+        _unexpected_log.error(
+            "unexpected",
+            "unexpected error in gRPC %s export (answered UNAVAILABLE): %s",
+            SIGNALS[signal].name,
+            traceback.format_exc(),
+        )
+        message = "internal error; the data was not accepted, retry later"
+    retry = retry_after_seconds(exc) if wire.retry_hint else None
+    details = status_bytes(wire.grpc_code.value[0], message, retry)
+    context.set_trailing_metadata(((DETAILS_TRAILER, details),))
+    context.abort(wire.grpc_code, message)
+
+
+def _export_handler(service: ExportService, signal: Signal) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+    def export(request: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            return service.export(signal, request, "protobuf", "grpc").response
+        except Exception as exc:  # every failure becomes a status: never an unhandled error
+            failure = exc
+        _abort(context, signal, failure)  # raises
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return export
+
+
+def build_grpc_server(service: ExportService, settings: Settings) -> grpc.Server:
+    """A grpc server bound (SO_REUSEPORT) to settings.bind:settings.grpc_port, not yet started.
+
+    Raises RuntimeError when the port cannot be bound.
+    """
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=GRPC_THREADS, thread_name_prefix="grpc-export"),
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", settings.grpc_max_recv_bytes),
+        ],
+    )
+    handlers = []
+    for signal, info in SIGNALS.items():
+        method = grpc.unary_unary_rpc_method_handler(
+            _export_handler(service, signal),
+            request_deserializer=None,  # raw bytes: validate decodes once
+            response_serializer=None,  # the response is already serialized
+        )
+        handlers.append(grpc.method_handlers_generic_handler(info.grpc_service, {"Export": method}))
+    server.add_generic_rpc_handlers(tuple(handlers))
+    address = grpc_address(settings.bind, settings.grpc_port)
+    if server.add_insecure_port(address) == 0:  # older grpcio reports failure as port 0
+        raise RuntimeError(f"cannot bind gRPC port {address}")
+    return server

@@ -1,0 +1,152 @@
+"""OTLP/HTTP transport: a thin Starlette app for `POST /v1/traces|metrics|logs`.
+
+Per request: check the content type (application/x-protobuf or application/json, parameters
+allowed; else 415) and `Content-Encoding` (gzip, deflate, identity; else 415), read the body with a
+running size cap (413 as soon as `Content-Length` or the bytes read pass `http_max_body_bytes`, so
+chunked bodies are capped too), decompress with the same cap (413), then call the shared
+`ExportService.export`. The response uses the request's content type. Errors are mapped with
+`otlp_ingest.status`: 400 carries a `google.rpc.Status` (protobuf or JSON like the request), 503
+carries `Retry-After`. An unexpected exception is logged and answered 503, never a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from otlp_ingest import errors
+from otlp_ingest.config import Settings
+from otlp_ingest.otlp.signals import SIGNAL_BY_PATH, SIGNALS, Signal
+from otlp_ingest.receiver.export import ContentFormat, ExportService
+from otlp_ingest.receiver.limits import decompress, normalize_encoding
+from otlp_ingest.receiver.rpc_status import status_bytes, status_json
+from otlp_ingest.status import retry_after_seconds, status_for
+from otlp_ingest.telemetry.logging import RateLimitedLogger
+
+log = logging.getLogger(__name__)
+_unexpected_log = RateLimitedLogger(log)
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_MEDIA_TYPE = {"protobuf": PROTOBUF, "json": JSON}
+
+
+def content_format(content_type: str | None) -> ContentFormat:
+    """ "protobuf" or "json" for a Content-Type header (parameters ignored); else UnsupportedMediaType."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == PROTOBUF:
+        return "protobuf"
+    if media == JSON:
+        return "json"
+    raise errors.UnsupportedMediaType(f"unsupported Content-Type {content_type!r}; use {PROTOBUF} or {JSON}")
+
+
+def _reply_format(content_type: str | None) -> ContentFormat:
+    """The format for an error body: protobuf only when the request was protobuf."""
+    try:
+        return content_format(content_type)
+    except errors.UnsupportedMediaType:
+        return "json"
+
+
+def error_response(exc: BaseException, fmt: ContentFormat, context: str = "") -> Response:
+    """The HTTP response for `exc`: status from the table, google.rpc.Status body, Retry-After."""
+    wire = status_for(exc)
+    if isinstance(exc, errors.OtlpError):
+        message = exc.message
+    else:
+        _unexpected_log.error(
+            "unexpected",
+            "unexpected error in HTTP %s (answered 503): %s",
+            context,
+            "".join(traceback.format_exception(exc)),
+        )
+        message = "internal error; the data was not accepted, retry later"
+    headers: dict[str, str] = {}
+    retry = None
+    if wire.retry_hint:
+        retry = retry_after_seconds(exc)
+        headers["Retry-After"] = str(retry)
+    if isinstance(exc, errors.PayloadTooLarge):
+        # The rest of the body may still be on its way: do not try to reuse this connection.
+        headers["Connection"] = "close"
+    if isinstance(exc, errors.MethodNotAllowed):
+        headers["Allow"] = "POST"
+    code = wire.grpc_code.value[0]
+    body = status_bytes(code, message, retry) if fmt == "protobuf" else status_json(code, message, retry)
+    return Response(body, wire.http_status, headers, _MEDIA_TYPE[fmt])
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw (possibly compressed) body, refusing with PayloadTooLarge as soon as it passes
+    `limit` bytes: by Content-Length before reading, else while streaming (chunked bodies)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise errors.InvalidArgument(f"invalid Content-Length {declared!r}") from None
+        if size > limit:
+            raise errors.PayloadTooLarge(f"body of {size} bytes exceeds the limit of {limit}")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        if chunk:
+            total += len(chunk)
+            if total > limit:
+                raise errors.PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    if len(chunks) == 1:
+        return chunks[0]
+    return b"".join(chunks)
+
+
+def build_http_app(service: ExportService, settings: Settings) -> Starlette:
+    """The Starlette app: three POST routes; 404/405 and any stray exception answered by the table."""
+    limit = settings.http_max_body_bytes
+
+    def make_endpoint(signal: Signal):
+        async def endpoint(request: Request) -> Response:
+            headers = request.headers
+            content_type = headers.get("content-type")
+            fmt: ContentFormat = "json"
+            try:
+                fmt = content_format(content_type)
+                encoding = normalize_encoding(headers.get("content-encoding"))
+                body = await read_body(request, limit)
+                if encoding != "identity":
+                    body = decompress(encoding, body, limit)
+            except errors.OtlpError as exc:
+                service.record_failure(signal, "http", exc)
+                return error_response(exc, fmt)
+            try:
+                result = service.export(signal, body, fmt, "http")
+            except Exception as exc:  # every failure becomes a status: never a bare 500
+                return error_response(exc, fmt, f"{SIGNALS[signal].name} export")
+            return Response(result.response, 200, media_type=_MEDIA_TYPE[fmt])
+
+        return endpoint
+
+    async def http_exception(request: Request, exc: Exception) -> Response:
+        fmt = _reply_format(request.headers.get("content-type"))
+        if isinstance(exc, HTTPException) and exc.status_code == 405:
+            return error_response(
+                errors.MethodNotAllowed(f"method {request.method} not allowed; use POST"), fmt
+            )
+        if isinstance(exc, HTTPException) and exc.status_code == 404:
+            return error_response(errors.NotFound(f"no such path {request.url.path!r}"), fmt)
+        if isinstance(exc, HTTPException):
+            return Response(exc.detail, exc.status_code, exc.headers)
+        return error_response(exc, fmt, f"{request.method} {request.url.path}")
+
+    routes = [Route(path, make_endpoint(signal), methods=["POST"]) for path, signal in SIGNAL_BY_PATH.items()]
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_exception, Exception: http_exception},
+    )

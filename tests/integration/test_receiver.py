@@ -1,0 +1,557 @@
+"""The receiver worker in a real process, driven by real clients (grpcio, HTTP, the OTel SDK).
+
+Each worker runs `run_worker` in its own interpreter on free ephemeral ports against a ring this
+test creates; what the worker acknowledged is read back from the ring with `RingReader`. One row of
+design.md section 4 per test. Teardown SIGTERMs the worker and asserts it exits 0.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import msgspec
+import pytest
+import requests
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from otlp_ingest.config import Settings
+from otlp_ingest.errors import ExitCode
+from otlp_ingest.otlp.signals import SIGNALS, Signal
+from otlp_ingest.ring import RingReader, create_ring, ring_name, unlink_ring
+from tests.conftest import REPO_ROOT, free_port, wait_until
+
+KiB = 1024
+MiB = 1024 * KiB
+LIMIT = 1 * MiB  # http_max_body_bytes and grpc_max_recv_bytes of the test workers: small = fast
+
+_LAUNCHER = """
+import logging, os, sys
+import msgspec
+from otlp_ingest.config import Settings
+from otlp_ingest.receiver.worker import run_worker
+
+logging.basicConfig(level=logging.INFO, format="worker %(levelname)s %(name)s %(message)s")
+settings = msgspec.json.decode(os.environ["OTLP_INGEST_SETTINGS_JSON"], type=Settings)
+ready = sys.argv[2]
+
+def notify_ready():
+    with open(ready + ".tmp", "w") as f:
+        f.write("ready")
+    os.rename(ready + ".tmp", ready)
+
+sys.exit(run_worker(settings, 0, sys.argv[1], notify_ready))
+"""
+
+_ring_ids = itertools.count(900)
+
+
+class Worker:
+    """A `run_worker` subprocess on fresh ports with its own ring."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        ring_bytes: int = 8 * MiB,
+        max_records: int = 4096,
+        ports: tuple[int, int] | None = None,
+        **overrides,
+    ) -> None:
+        self.ring = ring_name(os.getpid(), next(_ring_ids))
+        create_ring(self.ring, ring_bytes, max_records)
+        self.grpc_port, self.http_port = ports or (free_port(), free_port())
+        overrides.setdefault("grpc_port", self.grpc_port)
+        overrides.setdefault("http_port", self.http_port)
+        settings = Settings(
+            bind="127.0.0.1",
+            grpc_max_recv_bytes=LIMIT,
+            http_max_body_bytes=LIMIT,
+            shutdown_timeout=3.0,
+            **overrides,
+        )
+        self.ready_file = tmp / f"{self.ring}.ready"
+        env = dict(os.environ, OTLP_INGEST_SETTINGS_JSON=msgspec.json.encode(settings).decode())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, self.ring, str(self.ready_file)], env=env, cwd=REPO_ROOT
+        )
+        self.reader: RingReader | None = None
+
+    def wait_ready(self, timeout: float = 15.0) -> Worker:
+        wait_until(
+            lambda: self.ready_file.exists() or self.proc.poll() is not None, timeout, what="worker ready"
+        )
+        assert self.proc.poll() is None, f"worker exited with {self.proc.returncode}"
+        self.reader = RingReader.attach(self.ring)
+        return self
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def drain(self) -> list:
+        """Every record published since the last drain (committed, so the ring empties)."""
+        assert self.reader is not None
+        records = []
+        while (record := self.reader.read()) is not None:
+            self.reader.commit(record)
+            records.append(record)
+        return records
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            if self.reader is not None:
+                self.reader.close()
+            unlink_ring(self.ring)
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    w = Worker(tmp_path_factory.mktemp("worker")).wait_ready()
+    yield w
+    assert w.stop() == ExitCode.OK
+
+
+@pytest.fixture
+def w(worker: Worker) -> Worker:
+    """The shared worker with an empty ring."""
+    worker.drain()
+    return worker
+
+
+@pytest.fixture(scope="module")
+def channel(worker: Worker) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(worker.grpc_target) as ch:
+        yield ch
+
+
+# --- payloads ---------------------------------------------------------------------------------
+
+
+def spans_request(
+    n: int, bad_trace_ids: int = 0, name: str = "op"
+) -> trace_service_pb2.ExportTraceServiceRequest:
+    """n valid spans plus `bad_trace_ids` spans with a 12-byte trace id."""
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for i in range(n):
+        scope.spans.add(trace_id=bytes(15) + bytes([1]), span_id=i.to_bytes(8, "big"), name=f"{name}{i}")
+    for i in range(bad_trace_ids):
+        scope.spans.add(trace_id=bytes(12), span_id=(1000 + i).to_bytes(8, "big"), name="bad")
+    return request
+
+
+def metrics_request() -> metrics_service_pb2.ExportMetricsServiceRequest:
+    request = metrics_service_pb2.ExportMetricsServiceRequest()
+    metric = request.resource_metrics.add().scope_metrics.add().metrics.add(name="m")
+    for i in range(3):
+        metric.gauge.data_points.add(time_unix_nano=i + 1, as_int=i)
+    return request
+
+
+def logs_request() -> logs_service_pb2.ExportLogsServiceRequest:
+    request = logs_service_pb2.ExportLogsServiceRequest()
+    scope = request.resource_logs.add().scope_logs.add()
+    for i in range(2):
+        scope.log_records.add(time_unix_nano=i + 1).body.string_value = f"line {i}"
+    return request
+
+
+def export_stub(channel: grpc.Channel, signal_: Signal):
+    info = SIGNALS[signal_]
+    return channel.unary_unary(
+        info.grpc_method,
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=info.response_type.FromString,
+    )
+
+
+def raw_stub(channel: grpc.Channel, signal_: Signal):
+    return channel.unary_unary(SIGNALS[signal_].grpc_method)  # bytes in, bytes out
+
+
+def rich_status(error: grpc.RpcError) -> status_pb2.Status:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            return status_pb2.Status.FromString(value)
+    raise AssertionError("no grpc-status-details-bin trailer")
+
+
+def retry_info(status: status_pb2.Status) -> error_details_pb2.RetryInfo | None:
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info
+    return None
+
+
+def span_count(payload: bytes) -> int:
+    request = trace_service_pb2.ExportTraceServiceRequest.FromString(payload)
+    return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+
+
+def post(
+    w: Worker, path: str, body: bytes, ctype: str = "application/x-protobuf", **headers
+) -> requests.Response:
+    return requests.post(w.url(path), data=body, headers={"Content-Type": ctype, **headers}, timeout=10)
+
+
+def raw_http(w: Worker, head: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """Send a hand-written request; return (status, headers, body) of the response."""
+    with socket.create_connection(("127.0.0.1", w.http_port), timeout=10) as s:
+        s.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+                if b"\r\n\r\n" in data:
+                    head_part, _, rest = data.partition(b"\r\n\r\n")
+                    hdrs = _parse_headers(head_part)
+                    if len(rest) >= int(hdrs.get("content-length", "0")):
+                        break
+        except ConnectionResetError:
+            pass  # the server may close once it answered; what it sent is in `data`
+    head_part, _, rest = data.partition(b"\r\n\r\n")
+    status = int(head_part.split(b" ", 2)[1])
+    return status, _parse_headers(head_part), rest
+
+
+def _parse_headers(head: bytes) -> dict[str, str]:
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    return {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines if ":" in line)}
+
+
+# --- gRPC -------------------------------------------------------------------------------------
+
+
+def test_grpc_ok_empty_response_and_original_bytes_in_ring(w: Worker, channel: grpc.Channel) -> None:
+    request = spans_request(5)
+    response, call = export_stub(channel, Signal.TRACES).with_call(request, timeout=10)
+    assert call.code() == grpc.StatusCode.OK
+    assert not response.HasField("partial_success")
+    [record] = w.drain()
+    assert (record.signal, record.item_count) == (Signal.TRACES, 5)
+    assert record.payload == request.SerializeToString()  # valid input is queued without re-encoding
+
+
+@pytest.mark.parametrize(
+    ("signal_", "make", "items"), [(Signal.METRICS, metrics_request, 3), (Signal.LOGS, logs_request, 2)]
+)
+def test_grpc_metrics_and_logs(w: Worker, channel: grpc.Channel, signal_: Signal, make, items: int) -> None:
+    response = export_stub(channel, signal_)(make(), timeout=10)
+    assert not response.HasField("partial_success")
+    [record] = w.drain()
+    assert (record.signal, record.item_count) == (signal_, items)
+
+
+def test_grpc_gzip(w: Worker, channel: grpc.Channel) -> None:
+    export_stub(channel, Signal.TRACES)(spans_request(50), timeout=10, compression=grpc.Compression.Gzip)
+    [record] = w.drain()
+    assert record.item_count == 50
+
+
+def test_grpc_partial_success(w: Worker, channel: grpc.Channel) -> None:
+    response = export_stub(channel, Signal.TRACES)(spans_request(3, bad_trace_ids=1), timeout=10)
+    assert response.partial_success.rejected_spans == 1
+    assert "trace_id" in response.partial_success.error_message
+    [record] = w.drain()
+    assert record.item_count == 3 and span_count(record.payload) == 3
+
+
+def test_grpc_all_invalid_writes_nothing(w: Worker, channel: grpc.Channel) -> None:
+    response = export_stub(channel, Signal.TRACES)(spans_request(0, bad_trace_ids=2), timeout=10)
+    assert response.partial_success.rejected_spans == 2
+    assert w.drain() == []
+
+
+def test_grpc_empty_request_ok_nothing_written(w: Worker, channel: grpc.Channel) -> None:
+    response = export_stub(channel, Signal.TRACES)(trace_service_pb2.ExportTraceServiceRequest(), timeout=10)
+    assert not response.HasField("partial_success")
+    assert w.drain() == []
+
+
+def test_grpc_malformed_is_invalid_argument_without_retry_info(w: Worker, channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        raw_stub(channel, Signal.TRACES)(b"\x0a\xff\xff\xff", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rich_status(info.value)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert retry_info(status) is None
+    assert w.drain() == []
+
+
+def test_grpc_too_large_is_resource_exhausted_without_retry_info(w: Worker, channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        export_stub(channel, Signal.TRACES)(spans_request(1, name="x" * (LIMIT + 10)), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not any(k == "grpc-status-details-bin" for k, _ in info.value.trailing_metadata() or ())
+    assert w.drain() == []
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+
+def test_http_protobuf_ok(w: Worker) -> None:
+    request = spans_request(4)
+    r = post(w, "/v1/traces", request.SerializeToString())
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/x-protobuf"
+    assert r.content == b""  # an empty ExportTraceServiceResponse
+    [record] = w.drain()
+    assert record.payload == request.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("path", "signal_", "make", "items"),
+    [("/v1/metrics", Signal.METRICS, metrics_request, 3), ("/v1/logs", Signal.LOGS, logs_request, 2)],
+)
+def test_http_metrics_and_logs(w: Worker, path: str, signal_: Signal, make, items: int) -> None:
+    assert post(w, path, make().SerializeToString()).status_code == 200
+    [record] = w.drain()
+    assert (record.signal, record.item_count) == (signal_, items)
+
+
+def _json_spans(ids: list[tuple[str, str]]) -> bytes:
+    spans = [{"traceId": t, "spanId": s, "name": "j", "kind": 2} for t, s in ids]
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}).encode()
+
+
+def test_http_json_ok_with_charset(w: Worker) -> None:
+    body = _json_spans([("5B8EFFF798038103D269B633813FC60C", "EEE19B7EC3C1B174")])
+    r = post(w, "/v1/traces", body, "application/json; charset=utf-8")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json() == {}
+    [record] = w.drain()
+    span = trace_service_pb2.ExportTraceServiceRequest.FromString(record.payload).resource_spans[0]
+    assert span.scope_spans[0].spans[0].trace_id.hex() == "5b8efff798038103d269b633813fc60c"
+
+
+def test_http_json_partial_success(w: Worker) -> None:
+    body = _json_spans(
+        [("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"), ("abcd" * 6, "eee19b7ec3c1b175")]
+    )
+    r = post(w, "/v1/traces", body, "application/json")
+    assert r.status_code == 200
+    partial = r.json()["partialSuccess"]
+    assert int(partial["rejectedSpans"]) == 1 and partial["errorMessage"]
+    [record] = w.drain()
+    assert record.item_count == 1
+
+
+def test_http_protobuf_partial_success(w: Worker) -> None:
+    r = post(w, "/v1/traces", spans_request(2, bad_trace_ids=3).SerializeToString())
+    assert r.status_code == 200
+    response = trace_service_pb2.ExportTraceServiceResponse.FromString(r.content)
+    assert response.partial_success.rejected_spans == 3
+    assert [rec.item_count for rec in w.drain()] == [2]
+
+
+def test_http_400_protobuf_status_body(w: Worker) -> None:
+    r = post(w, "/v1/traces", b"\x0a\xff\xff\xff")
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/x-protobuf"
+    status = status_pb2.Status.FromString(r.content)
+    assert status.code == 3 and status.message
+    assert "retry-after" not in r.headers
+
+
+def test_http_400_json_status_body(w: Worker) -> None:
+    r = post(w, "/v1/logs", b"{not json", "application/json")
+    assert r.status_code == 400
+    body = r.json()
+    assert body["code"] == 3 and body["message"]
+    assert w.drain() == []
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/protobuf", ""])
+def test_http_415_content_type(w: Worker, ctype: str) -> None:
+    r = post(w, "/v1/traces", spans_request(1).SerializeToString(), ctype)
+    assert r.status_code == 415
+    assert w.drain() == []
+
+
+def test_http_415_content_encoding(w: Worker) -> None:
+    r = post(w, "/v1/traces", spans_request(1).SerializeToString(), **{"Content-Encoding": "br"})
+    assert r.status_code == 415
+
+
+def test_http_gzip_and_deflate_bodies(w: Worker) -> None:
+    body = spans_request(20).SerializeToString()
+    assert post(w, "/v1/traces", gzip.compress(body), **{"Content-Encoding": "gzip"}).status_code == 200
+    assert post(w, "/v1/traces", zlib.compress(body), **{"Content-Encoding": "deflate"}).status_code == 200
+    assert [r.payload for r in w.drain()] == [body, body]
+
+
+def test_http_413_by_content_length_before_reading(w: Worker) -> None:
+    head = (
+        "POST /v1/traces HTTP/1.1\nHost: x\nContent-Type: application/x-protobuf\n"
+        f"Content-Length: {LIMIT + 1}\n"
+    )
+    status, _, _ = raw_http(w, head, b"\x00" * 1000)  # the rest is never sent
+    assert status == 413
+
+
+def test_http_413_chunked_without_content_length(w: Worker) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(LIMIT // (64 * KiB) + 2):
+            yield b"\x00" * (64 * KiB)
+
+    try:
+        r = post(w, "/v1/traces", chunks())  # a generator body is sent chunked
+        assert r.status_code == 413
+    except requests.ConnectionError:
+        pytest.fail("server closed the connection instead of answering 413")
+
+
+def test_http_413_gzip_bomb(w: Worker) -> None:
+    bomb = gzip.compress(b"\x00" * (20 * LIMIT))  # ~20 KiB that inflates to 20x the limit
+    assert len(bomb) < LIMIT // 10
+    r = post(w, "/v1/traces", bomb, **{"Content-Encoding": "gzip"})
+    assert r.status_code == 413
+    assert w.drain() == []
+
+
+def test_http_chunked_body_accepted(w: Worker) -> None:
+    body = spans_request(30).SerializeToString()
+    chunked = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 100]), body[i : i + 100]) for i in range(0, len(body), 100)
+    )
+    head = (
+        "POST /v1/traces HTTP/1.1\nHost: x\nContent-Type: application/x-protobuf\n"
+        "Transfer-Encoding: chunked\n"
+    )
+    status, _, _ = raw_http(w, head, chunked + b"0\r\n\r\n")
+    assert status == 200
+    [record] = w.drain()
+    assert record.payload == body
+
+
+def test_http_404_and_405(w: Worker) -> None:
+    assert post(w, "/v1/nothing", b"").status_code == 404
+    r = requests.get(w.url("/v1/traces"), timeout=10)
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"
+
+
+# --- the OpenTelemetry SDK as the client --------------------------------------------------------
+
+
+def _sdk_spans(n: int):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("test")
+    for i in range(n):
+        with tracer.start_as_current_span(f"sdk-{i}"):
+            pass
+    return memory.get_finished_spans()
+
+
+@pytest.mark.parametrize("exporter", ["grpc", "http/protobuf", "http/json"])
+def test_otel_sdk_exporters(w: Worker, exporter: str) -> None:
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    if exporter == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+
+        client = Grpc(endpoint=w.grpc_target, insecure=True, timeout=10)
+    elif exporter == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+        client = Http(endpoint=w.url("/v1/traces"), timeout=10)
+    else:
+        from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter as Json
+
+        client = Json(endpoint=w.url("/v1/traces"), timeout=10)
+    spans = _sdk_spans(7)
+    try:
+        assert client.export(spans) == SpanExportResult.SUCCESS
+    finally:
+        client.shutdown()
+    records = w.drain()
+    assert sum(r.item_count for r in records) == 7
+    names = {
+        s.name
+        for r in records
+        for rs in trace_service_pb2.ExportTraceServiceRequest.FromString(r.payload).resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+    }
+    assert names == {f"sdk-{i}" for i in range(7)}
+
+
+# --- queue full, boot failure, SO_REUSEPORT -----------------------------------------------------
+
+
+def test_queue_full_is_unavailable_with_retry_info_and_503_retry_after(tmp_path: Path) -> None:
+    tiny = Worker(tmp_path, ring_bytes=64 * KiB, max_records=1).wait_ready()
+    try:
+        with grpc.insecure_channel(tiny.grpc_target) as ch:
+            export_stub(ch, Signal.TRACES)(spans_request(2), timeout=10)  # fills the one record slot
+            with pytest.raises(grpc.RpcError) as info:
+                export_stub(ch, Signal.TRACES)(spans_request(2), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        hint = retry_info(rich_status(info.value))
+        assert hint is not None and hint.retry_delay.seconds >= 1
+        r = post(tiny, "/v1/traces", spans_request(2).SerializeToString())
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) >= 1
+        assert status_pb2.Status.FromString(r.content).code == grpc.StatusCode.UNAVAILABLE.value[0]
+        # Draining the ring makes room again: the refusal was backpressure, not a failure.
+        assert [rec.item_count for rec in tiny.drain()] == [2]
+        assert post(tiny, "/v1/traces", spans_request(2).SerializeToString()).status_code == 200
+    finally:
+        assert tiny.stop() == ExitCode.OK
+
+
+def test_port_in_use_exits_child_boot(tmp_path: Path) -> None:
+    with socket.socket() as holder:  # no SO_REUSEPORT: the worker cannot share this port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = Worker(tmp_path, ring_bytes=64 * KiB, http_port=holder.getsockname()[1])
+        try:
+            assert busy.proc.wait(30) == ExitCode.CHILD_BOOT
+        finally:
+            busy.stop()
+    assert not busy.ready_file.exists()
+
+
+def test_two_workers_share_ports_and_stop_cleanly(tmp_path: Path) -> None:
+    first = Worker(tmp_path).wait_ready()
+    second = Worker(tmp_path, ports=(first.grpc_port, first.http_port)).wait_ready()
+    try:
+        for _ in range(20):  # new connections each time: the kernel spreads them over both
+            assert post(first, "/v1/traces", spans_request(1).SerializeToString()).status_code == 200
+        assert len(first.drain()) + len(second.drain()) == 20
+    finally:
+        assert second.stop() == ExitCode.OK
+    # The first keeps serving after its sibling left.
+    assert post(first, "/v1/traces", spans_request(1).SerializeToString()).status_code == 200
+    assert first.stop() == ExitCode.OK
