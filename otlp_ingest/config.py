@@ -418,12 +418,14 @@ def load_settings_with_sources(
     The sources map field -> "default", "<file>:<key>", "<ENV_NAME>" or "--flag".
     """
     values: dict[str, object] = {}
+    raws: dict[str, object] = {}  # as the user wrote them, for messages
     sources: dict[str, str] = dict.fromkeys(Settings.__struct_fields__, "default")
     problems: list[str] = []
 
     def take(field: str, raw: object, origin: str) -> None:
         try:
             values[field] = _parse_field(field, raw)
+            raws[field] = raw
             sources[field] = origin
         except _Bad as exc:
             problems.append(f"{origin}={_show(raw)}: {exc}")
@@ -447,7 +449,7 @@ def load_settings_with_sources(
             take(field, raw, flag_name(field))
 
     if not problems:
-        problems.extend(_cross_checks(values, sources))
+        problems.extend(_cross_checks(values, raws, sources))
     if problems:
         raise ConfigError(problems)
     # Every value is already parsed; msgspec assembles the struct and checks the types once more.
@@ -455,30 +457,30 @@ def load_settings_with_sources(
     return settings, sources
 
 
-def _cross_checks(values: dict[str, object], sources: dict[str, str]) -> list[str]:
+def _cross_checks(values: dict[str, object], raws: dict[str, object], sources: dict[str, str]) -> list[str]:
     """Rules that relate two settings; each message names the one that must change."""
     defaults = Settings()
 
     def get(field: str) -> object:
         return values.get(field, getattr(defaults, field))
 
+    def shown(field: str) -> str:
+        return f"{sources[field]}={_show(raws.get(field, get(field)))}"
+
     problems = []
     ports = [f for f in ("grpc_port", "http_port", "admin_port") if get(f) != 0]
     for i, a in enumerate(ports):
         for b in ports[i + 1 :]:
             if get(a) == get(b):
-                problems.append(
-                    f"{sources[b]}={get(b)}: same port as {sources[a]} (expected distinct ports, or 0)"
-                )
+                problems.append(f"{shown(b)}: same port as {sources[a]} (expected distinct ports, or 0)")
     if get("retry_max_interval") < get("retry_initial_interval"):  # type: ignore[operator]
         problems.append(
-            f"{sources['retry_max_interval']}={get('retry_max_interval')}: below "
-            f"{sources['retry_initial_interval']}={get('retry_initial_interval')} (expected >= it)"
+            f"{shown('retry_max_interval')}: below {shown('retry_initial_interval')} (expected >= it)"
         )
     workers = get("workers")
     if workers and get("exporters") > workers:  # type: ignore[operator]
         problems.append(
-            f"{sources['exporters']}={get('exporters')}: more exporters than workers ({workers}) "
+            f"{shown('exporters')}: more exporters than workers ({workers}) "
             "(expected exporters <= workers: each exporter drains whole worker rings)"
         )
     return problems
