@@ -146,9 +146,10 @@ def _check_spans(message: Message, reasons: dict[str, int]) -> int:
                 ):
                     bad.append(i)
             if bad:
-                for i in reversed(bad):
+                for i in bad:
                     reason = _span_problem(spans[i])
                     reasons[reason] = reasons.get(reason, 0) + 1
+                for i in reversed(bad):
                     del spans[i]
             accepted += len(spans)
     return accepted
@@ -168,9 +169,10 @@ def _check_logs(message: Message, reasons: dict[str, int]) -> int:
                 for i, r in enumerate(records)
                 if len(r.trace_id) not in (0, 16) or len(r.span_id) not in (0, 8)
             ]
-            for i in reversed(bad):
+            for i in bad:
                 reason = _log_problem(records[i])
                 reasons[reason] = reasons.get(reason, 0) + 1
+            for i in reversed(bad):
                 del records[i]
             accepted += len(records)
     return accepted
@@ -199,9 +201,10 @@ def _check_metrics(message: Message, reasons: dict[str, int]) -> int:
                 if kind != "summary":  # summary points have no exemplars
                     bad = [i for i, p in enumerate(points) if p.exemplars and _point_problem(p)]
                     if bad:
-                        for i in reversed(bad):
+                        for i in bad:
                             reason = _point_problem(points[i])
                             reasons[reason] = reasons.get(reason, 0) + 1
+                        for i in reversed(bad):
                             del points[i]
                         if not points:
                             empty.append(m_index)
