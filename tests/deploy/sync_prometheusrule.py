@@ -1,0 +1,53 @@
+"""Regenerate deploy/k8s/base/prometheusrule.yaml from deploy/prometheus/alerts.yml.
+
+The rules have one source, alerts.yml (promtool-tested); the PrometheusRule carries the same groups
+for clusters with the Prometheus Operator. `test_k8s.py` fails when the two differ.
+
+    .venv/bin/python -m tests.deploy.sync_prometheusrule
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy/prometheus/alerts.yml"
+TARGET = ROOT / "deploy/k8s/base/prometheusrule.yaml"
+
+HEADER = """\
+# GENERATED from deploy/prometheus/alerts.yml by `python -m tests.deploy.sync_prometheusrule`;
+# edit alerts.yml (it has the comments and the promtool unit tests), then regenerate.
+"""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, indented sequences (yamllint's default); multi-line PromQL as `|` literals."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def render() -> str:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    obj = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "otlp-ingest"},
+        "spec": {"groups": groups},
+    }
+    return HEADER + yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=200, default_flow_style=False)
+
+
+if __name__ == "__main__":
+    TARGET.write_text(render())
+    print(f"wrote {TARGET.relative_to(ROOT)}")
