@@ -314,7 +314,7 @@ def decode_json(signal: Signal, body: bytes) -> Message:
     """
     try:
         doc = _json_decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 in a key is the latter
         raise InvalidArgument(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise InvalidArgument("malformed JSON: nested too deeply") from None

@@ -1,0 +1,168 @@
+"""Hypothesis fuzzing of the two request decoders: whatever a client sends, `validate_protobuf` and
+`decode_json` either succeed or raise `InvalidArgument` (a 400), never anything else (a 503 and a
+logged traceback). Whatever they accept must survive the rest of the pipeline: the payload
+re-validates, and OTLP/JSON written from it decodes back to the same request.
+
+Runs in the normal suite with a few examples per test; `make fuzz` sets `OTLP_FUZZ_EXAMPLES`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from otlp_ingest.errors import InvalidArgument
+from otlp_ingest.otlp.json_codec import decode_json, encode_json, encode_json_from_wire
+from otlp_ingest.otlp.signals import Signal
+from otlp_ingest.otlp.validate import count_items, validate_message, validate_protobuf
+from tests.golden import samples
+
+EXAMPLES = int(os.environ.get("OTLP_FUZZ_EXAMPLES", "60"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,  # a noisy 2-core machine must not turn slowness into failures
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=EXAMPLES <= 100,  # the quick run in the normal suite is reproducible
+)
+SIGNALS = st.sampled_from(list(Signal))
+SEEDS = {s: [samples.build(s, n).SerializeToString() for n in (1, 3)] for s in Signal}
+JSON_SEEDS = {s: [encode_json(s, samples.build(s, n)) for n in (1, 2)] for s in Signal}
+
+
+def check_protobuf(signal: Signal, body: bytes) -> None:
+    try:
+        result = validate_protobuf(signal, body)
+    except InvalidArgument:
+        return
+    again = validate_protobuf(signal, result.payload)
+    assert (again.accepted, again.rejected) == (result.accepted, 0)
+    # The file sink path: what we accepted can always be written as OTLP/JSON and read back.
+    line = encode_json_from_wire(signal, result.payload)
+    assert count_items(signal, decode_json(signal, line)) == result.accepted
+
+
+def check_json(signal: Signal, body: bytes) -> None:
+    try:
+        message = decode_json(signal, body)
+    except InvalidArgument:
+        return
+    result = validate_message(signal, message)
+    assert validate_protobuf(signal, result.payload).accepted == result.accepted
+    assert decode_json(signal, encode_json(signal, message)) == message
+
+
+def mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
+    """Apply (kind, position, value) edits: overwrite a byte, insert one, or delete one."""
+    buf = bytearray(data)
+    for kind, pos, value in edits:
+        if not buf:
+            buf.append(value)
+            continue
+        pos %= len(buf)
+        if kind == 0:
+            buf[pos] = value
+        elif kind == 1:
+            buf.insert(pos, value)
+        else:
+            del buf[pos]
+    return bytes(buf)
+
+
+EDITS = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=8
+)
+
+
+@FUZZ
+@given(SIGNALS, st.binary(max_size=512))
+def test_random_bytes_into_validate_protobuf(signal: Signal, body: bytes) -> None:
+    check_protobuf(signal, body)
+
+
+@FUZZ
+@given(SIGNALS, st.integers(0, 1), EDITS, st.integers(0, 1 << 20))
+def test_mutated_protobuf(signal: Signal, seed: int, edits: list, cut: int) -> None:
+    body = mutate(SEEDS[signal][seed], edits)
+    check_protobuf(signal, body)
+    check_protobuf(signal, body[: cut % (len(body) + 1)])  # truncated anywhere
+
+
+@FUZZ
+@given(SIGNALS, st.binary(max_size=256))
+def test_random_bytes_into_decode_json(signal: Signal, body: bytes) -> None:
+    check_json(signal, body)
+
+
+@FUZZ
+@given(SIGNALS, st.integers(0, 1), EDITS)
+def test_mutated_json_bytes(signal: Signal, seed: int, edits: list) -> None:
+    check_json(signal, mutate(JSON_SEEDS[signal][seed], edits))
+
+
+# Arbitrary JSON values, and values put where OTLP expects something specific.
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.sampled_from(["", "NaN", "Infinity", "-Infinity", "1e3", "0x10", "5b8efff798038103d269b633813fc60c"])
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _paths(node, prefix=()):
+    """Every (path, value) in a JSON document, for replacing one value."""
+    yield prefix, node
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, (*prefix, i))
+
+
+def _replace(doc, path, value):
+    if not path:
+        return value
+    node = doc
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return doc
+
+
+@FUZZ
+@given(SIGNALS, st.data())
+def test_structured_json_mutations(signal: Signal, data: st.DataObject) -> None:
+    doc = json.loads(JSON_SEEDS[signal][0])
+    paths = [p for p, _ in _paths(doc)]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        try:
+            doc = _replace(doc, path, data.draw(JSON_VALUES))
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier replacement removed this path
+    check_json(signal, json.dumps(doc).encode())
+
+
+@FUZZ
+@given(SIGNALS, JSON_VALUES)
+def test_arbitrary_json_documents(signal: Signal, doc) -> None:
+    check_json(signal, json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("signal", list(Signal), ids=lambda s: s.name.lower())
+def test_seeds_are_valid(signal: Signal) -> None:
+    # The mutation tests only mean something if the seeds themselves decode.
+    for body in SEEDS[signal]:
+        assert validate_protobuf(signal, body).rejected == 0
+    for body in JSON_SEEDS[signal]:
+        assert count_items(signal, decode_json(signal, body)) > 0
