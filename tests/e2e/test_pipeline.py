@@ -260,6 +260,7 @@ def test_batches_hold_at_most_batch_size_items(server_factory, backend) -> None:
             keys += factory.keys(token)
     records = assert_exactly_once(backend, Signal.TRACES, keys)
     assert records["requests"] * 50 >= len(keys)
+    assert records.get("max_request_items", 0) <= 50, records.get("max_request_items")
     # The exporter's own histogram says every batch fit the limit (le="50" holds them all).
     metrics = server.metrics()
     total = metrics.value("otlp_exporter_batch_items_count", signal="traces")
