@@ -1,0 +1,206 @@
+"""The supervisor as a user runs it: `python -m otlp_ingest serve` with real workers and exporters.
+
+Uses `ServerProcess` (tests/conftest.py): free ephemeral ports, a per-test data dir, /ready wait.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from tests.conftest import ServerProcess, free_port, http_get, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+TREE_METRICS = (
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "otlp_exporter_queue_size",
+    "otlp_exporter_queue_capacity",
+    "otlp_process_up",
+    "otlp_process_restarts_total",
+)
+
+
+@pytest.fixture
+def server(tmp_path):
+    with ServerProcess(tmp_path) as srv:
+        yield srv
+
+
+def test_health_ready_metrics_and_status_page(server):
+    assert http_get(server.admin_url + "/health") == (200, b"ok\n")
+    assert http_get(server.admin_url + "/ready") == (200, b"ready\n")
+    metrics = server.metrics()
+    for name in TREE_METRICS:
+        assert metrics.has(name), name
+    assert metrics.value("otlp_process_up", role="worker") == 2
+    assert metrics.value("otlp_process_up", role="exporter") == 1
+    assert metrics.value("otlp_exporter_queue_capacity", exporter="0") > 0
+    assert metrics.value("process_cpu_seconds_total") > 0
+    # The children's own counters are summed in through the multiprocess directory.
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, "s"
+    response = requests.post(
+        server.http_endpoint + "/v1/traces",
+        data=request.SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    wait_until(
+        lambda: server.metrics().value("otlp_receiver_accepted_spans_total", transport="http") == 1,
+        10,
+        what="accepted span counted",
+    )
+    status, page = http_get(server.admin_url + "/")
+    assert status == 200 and b"worker[1]" in page and b"exporter[0]" in page
+    assert http_get(server.admin_url + "/nope")[0] == 404
+
+
+def test_killed_worker_is_restarted_and_counted(server):
+    victim = server.child("worker", 1).process
+    victim.kill()
+    # Not ready while the slot is down, then ready again with a new pid.
+    wait_until(
+        lambda: server.metrics().value("otlp_process_restarts_total", role="worker") == 1,
+        15,
+        what="worker restart counted",
+    )
+    wait_until(server.ready, 15, what="ready again")
+    replacement = server.child("worker", 1).process
+    assert replacement.pid != victim.pid
+    assert server.metrics().value("otlp_process_up", role="worker") == 2
+    assert "worker[1] restarted" in server.log_tail()
+
+
+def test_killed_exporter_is_restarted(server):
+    victim = server.child("exporter", 0).process
+    victim.kill()
+    wait_until(
+        lambda: server.metrics().value("otlp_process_restarts_total", role="exporter") == 1,
+        15,
+        what="exporter restart counted",
+    )
+    wait_until(server.ready, 15, what="ready again")
+    assert server.child("exporter", 0).process.pid != victim.pid
+
+
+def test_sigterm_when_idle_exits_0_quickly(tmp_path):
+    srv = ServerProcess(tmp_path).start()
+    children = [c.process for c in srv.children()]
+    assert len(children) == 3
+    started = time.monotonic()
+    assert srv.stop(timeout=15) == 0
+    assert time.monotonic() - started < 8
+    for child in children:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    log = srv.log_tail(200)
+    # Upstream first: workers stop before exporters are told to.
+    assert log.index("shutdown: workers stopped") < log.index("exporter[0] exited")
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith(f"otlp-ingest-{srv.pid}-")]
+
+
+def test_not_ready_while_draining(tmp_path):
+    srv = ServerProcess(tmp_path, env={"OTLP_SHUTDOWN_TIMEOUT": "10s"}).start()
+    # Hold a worker so the drain takes a moment: SIGSTOP it, SIGTERM the supervisor.
+    worker = srv.child("worker", 0).process
+    worker.suspend()
+    try:
+        srv.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: http_get(srv.admin_url + "/ready")[0] == 503, 5, what="/ready 503 while draining")
+        assert http_get(srv.admin_url + "/ready")[1] == b"draining\n"
+        assert http_get(srv.admin_url + "/health")[0] == 200
+    finally:
+        worker.resume()
+    assert srv.stop(timeout=15) == 0
+
+
+def _serve(tmp_path: Path, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("OTLP_", "OTEL_"))}
+    full.update(
+        {
+            "PYTHONPATH": str(REPO_ROOT),
+            "OTLP_BIND": "127.0.0.1",
+            "OTLP_GRPC_PORT": str(free_port()),
+            "OTLP_HTTP_PORT": str(free_port()),
+            "OTLP_ADMIN_PORT": str(free_port()),
+            "OTLP_DATA_DIR": str(tmp_path / "data"),
+            "OTLP_WORKERS": "2",
+            "OTLP_QUEUE_BYTES": "1MiB",
+            "OTLP_SHUTDOWN_TIMEOUT": "10s",
+        }
+    )
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "otlp_ingest", "serve"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
+
+
+def test_worker_port_in_use_halts_with_clear_message(tmp_path):
+    # A plain listener (no SO_REUSEPORT) makes the workers' SO_REUSEPORT bind fail.
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        started = time.monotonic()
+        result = _serve(tmp_path, {"OTLP_GRPC_PORT": str(port)})
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert time.monotonic() - started < 20
+    assert "halting: worker[" in result.stderr
+    assert "could not boot: exit code 3" in result.stderr
+    # Halted, not crash-looping: no worker slot was restarted.
+    assert " restarted (restart #" not in result.stderr
+
+
+def test_admin_port_in_use_halts(tmp_path):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        result = _serve(tmp_path, {"OTLP_ADMIN_PORT": str(port)})
+    assert result.returncode == 3
+    assert f"cannot listen on admin port 127.0.0.1:{port}" in result.stderr
+    assert "started (pid" not in result.stderr  # no child was started
+
+
+def test_sighup_reloads_by_rolling_restart(tmp_path):
+    conf = tmp_path / "otlp.yaml"
+    conf.write_text("batch_size: 100\n")
+    srv = ServerProcess(tmp_path, args=["--config", str(conf)]).start()
+    try:
+        before = {(c.role, c.index): c.process.pid for c in srv.children()}
+        # An invalid file is refused and the server keeps running on the old config.
+        conf.write_text("batch_size: lots\n")
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in srv.log_tail(), 10, what="reload refused logged")
+        assert srv.ready()
+        assert {(c.role, c.index): c.process.pid for c in srv.children()} == before
+        # A valid one restarts every child, one at a time.
+        conf.write_text("batch_size: 50\n")
+        srv.proc.send_signal(signal.SIGHUP)
+
+        def all_replaced() -> bool:
+            now = {(c.role, c.index): c.process.pid for c in srv.children()}
+            return len(now) == 3 and all(now[k] != before[k] for k in before) and srv.ready()
+
+        wait_until(all_replaced, 30, what="every child restarted with the new config")
+        assert srv.metrics().value("otlp_process_restarts_total") == 0  # reloads are not crashes
+    finally:
+        assert srv.stop() == 0
