@@ -4,7 +4,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ADMIN_URL="${OTLP_ADMIN_URL:-http://127.0.0.1:8888}"
+ADMIN_URL="${ADMIN_URL:-http://127.0.0.1:8888}"
 PROM_URL="${PROMETHEUS_URL:-http://127.0.0.1:9090}"
 NAMESPACE=""
 WINDOW="24h"
@@ -22,7 +22,7 @@ Runs, in order, and reports every failure (it does not stop at the first):
   5. with --namespace: kubectl get deploy/hpa/pdb/pods and recent warning events
 
 Options:
-  --admin URL        admin base URL of one instance (default \$OTLP_ADMIN_URL or http://127.0.0.1:8888)
+  --admin URL        admin base URL of one instance (default \$ADMIN_URL or http://127.0.0.1:8888)
   --prometheus URL   Prometheus base URL (default \$PROMETHEUS_URL or http://127.0.0.1:9090)
   --namespace NS     also inspect the Kubernetes namespace NS (needs kubectl)
   --window DURATION  look-back window (default ${WINDOW})

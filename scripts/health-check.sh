@@ -3,7 +3,7 @@
 # Reads the admin endpoint (/health, /ready, /metrics) directly; no Prometheus needed.
 set -euo pipefail
 
-ADMIN_URL="${OTLP_ADMIN_URL:-http://127.0.0.1:8888}"
+ADMIN_URL="${ADMIN_URL:-http://127.0.0.1:8888}"
 TIMEOUT=5
 QUEUE_WARN=0.8
 
@@ -18,7 +18,7 @@ Checks one otlp-ingest instance through its admin port:
              stays below --queue-warn (default ${QUEUE_WARN})
 
 Options:
-  --admin URL        admin base URL (default \$OTLP_ADMIN_URL or http://127.0.0.1:8888)
+  --admin URL        admin base URL (default \$ADMIN_URL or http://127.0.0.1:8888)
   --timeout SECONDS  per-request timeout (default ${TIMEOUT})
   --queue-warn R     queue fill ratio that counts as unhealthy (default ${QUEUE_WARN})
   -h, --help         show this help
