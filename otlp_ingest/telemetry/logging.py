@@ -39,15 +39,17 @@ class _LineFormatter(logging.Formatter):
 def configure_logging(level: str, role: str, index: int | None = None) -> None:
     """Send this process's logs to stderr as `ts level role[index] pid message`.
 
-    `role` is "supervisor", "worker" or "exporter"; `index` the child's slot number. Replaces any
-    handler already on the root logger, so calling it again (after a config reload) is safe.
+    `role` is "supervisor", "worker" or "exporter"; `index` the child's slot number. Replaces the
+    handler an earlier call installed, so calling it again (after a config reload) is safe.
     """
     name = role if index is None else f"{role}[{index}]"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LineFormatter(name))
+    handler._otlp_ingest = True  # type: ignore[attr-defined]
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if getattr(old, "_otlp_ingest", False):  # leave handlers others installed (pytest's)
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
     # Libraries that log per request would drown the one-line-per-event log.
