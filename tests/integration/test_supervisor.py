@@ -204,3 +204,37 @@ def test_sighup_reloads_by_rolling_restart(tmp_path):
         assert srv.metrics().value("otlp_process_restarts_total") == 0  # reloads are not crashes
     finally:
         assert srv.stop() == 0
+
+
+def test_exporter_that_cannot_boot_halts_before_workers_start(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = _serve(tmp_path, {"OTLP_DATA_DIR": str(not_a_dir / "data")})
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "halting: exporter[0]" in result.stderr
+    assert "worker[0] started" not in result.stderr
+
+
+def test_child_dying_before_ready_halts_after_three_tries(tmp_path, monkeypatch, caplog):
+    """Seam: the child command is replaced by a program that exits 1 at once (a crash before
+    ready that is not a named boot failure): three in a row, then the supervisor halts."""
+    from otlp_ingest.config import Settings
+    from otlp_ingest.supervisor import child as child_module
+    from otlp_ingest.supervisor.main import Supervisor
+
+    crasher = tmp_path / "crash.sh"
+    crasher.write_text("#!/bin/sh\nexit 1\n")
+    crasher.chmod(0o755)
+    monkeypatch.setattr(child_module.sys, "executable", str(crasher))
+    settings = Settings(
+        workers=1, bind="127.0.0.1", admin_port=0, data_dir=str(tmp_path), queue_bytes=1 << 20
+    )
+    started = time.monotonic()
+    with caplog.at_level("INFO"):
+        code = Supervisor(settings).run()
+    assert code == 3
+    assert time.monotonic() - started < 10
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("exporter[0] started" in m for m in messages) == 3
+    assert any("exporter[0] died before becoming ready 3 times in a row" in m for m in messages)
+    assert not any("worker[0] started" in m for m in messages)
