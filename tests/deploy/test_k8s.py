@@ -1,0 +1,172 @@
+"""Kubernetes manifests: render with kustomize, validate every object strictly, pin the invariants.
+
+Built-in kinds: `kubernetes-validate --strict` (Kubernetes OpenAPI schemas shipped with the tool,
+offline). CRDs (ServiceMonitor, PrometheusRule, Certificate): strict schemas in crd_schemas.py,
+and the PrometheusRule's groups must equal deploy/prometheus/alerts.yml, which promtool checks.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from otlp_ingest.config import load_settings
+from tests.deploy import sync_prometheusrule
+from tests.deploy.crd_schemas import SCHEMAS
+from tests.deploy.tools import ALERTS, K8S_BASE, K8S_PRODUCTION, find, objects, rendered, run, tool
+
+OVERLAYS = pytest.mark.parametrize("overlay", [K8S_BASE, K8S_PRODUCTION], ids=["base", "production"])
+BUILTIN_KINDS = {
+    "Namespace", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
+    "PodDisruptionBudget", "NetworkPolicy",
+}  # fmt: skip
+
+
+@OVERLAYS
+def test_renders_expected_objects(overlay: Path) -> None:
+    kinds = sorted(o["kind"] for o in objects(overlay))
+    expected = BUILTIN_KINDS | {"ServiceMonitor", "PrometheusRule"}
+    if overlay == K8S_PRODUCTION:
+        expected |= {"Certificate"}
+    assert set(kinds) == expected and len(kinds) == len(expected), kinds
+    for obj in objects(overlay):
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == "observability", obj["kind"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "otlp-ingest", obj["kind"]
+
+
+@OVERLAYS
+def test_kubernetes_validate_strict(overlay: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(rendered(overlay))
+    proc = run([tool("kubernetes-validate"), "--strict", str(manifest)])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "ERROR" not in out and "FATAL" not in out, out
+    passed = set(re.findall(r"passed for resource (\w+)/", out))
+    assert passed == {k.lower() for k in BUILTIN_KINDS}, out
+    # The only objects it cannot check are the CRDs, validated below.
+    for line in out.splitlines():
+        if line.startswith("WARN"):
+            assert re.search(r"kind (ServiceMonitor|PrometheusRule|Certificate) ", line), line
+
+
+@OVERLAYS
+def test_crd_objects_match_strict_schemas(overlay: Path) -> None:
+    checked = 0
+    for obj in objects(overlay):
+        schema = SCHEMAS.get((obj["apiVersion"], obj["kind"]))
+        if obj["kind"] in BUILTIN_KINDS:
+            continue
+        assert schema is not None, f"no schema for {obj['apiVersion']} {obj['kind']}"
+        jsonschema.validate(obj, schema)
+        checked += 1
+    assert checked == (3 if overlay == K8S_PRODUCTION else 2)
+
+
+def test_crd_schemas_reject_typos() -> None:
+    monitor = find(objects(K8S_BASE), "ServiceMonitor")
+    bad = yaml.safe_load(yaml.safe_dump(monitor))
+    bad["spec"]["endpoints"][0]["intervall"] = "15s"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, SCHEMAS[("monitoring.coreos.com/v1", "ServiceMonitor")])
+
+
+def test_prometheusrule_is_alerts_yml(tmp_path: Path) -> None:
+    """One source of rules: the PrometheusRule carries alerts.yml's groups exactly."""
+    rule = find(objects(K8S_BASE), "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"], (
+        "deploy/k8s/base/prometheusrule.yaml is stale: run `python -m tests.deploy.sync_prometheusrule`"
+    )
+    assert (K8S_BASE / "prometheusrule.yaml").read_text() == sync_prometheusrule.render()
+    extracted = tmp_path / "rules.yml"
+    extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    proc = run([tool("promtool"), "check", "rules", str(extracted)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def k8s_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (`256Mi`, `1Gi`, `500M`, plain bytes) in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+    m = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity)
+    assert m and (m.group(2) in units or m.group(2) == ""), quantity
+    return int(m.group(1)) * units.get(m.group(2), 1)
+
+
+def _container(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return find(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+@OVERLAYS
+def test_deployment_lifecycle_resources_security(overlay: Path) -> None:
+    objs = objects(overlay)
+    deploy = find(objs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    container = _container(objs)
+    settings = load_settings({}, find(objs, "ConfigMap")["data"])
+
+    assert "replicas" not in deploy["spec"], "the HPA owns replicas"
+    assert deploy["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    # SIGTERM drain must finish before the kubelet's SIGKILL.
+    assert pod["terminationGracePeriodSeconds"] > settings.shutdown_timeout + 10
+    assert container["args"] == ["serve"]
+    assert container["resources"] == {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"cpu": "2", "memory": "4Gi"},
+    }
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    spread = {c["topologyKey"] for c in pod["topologySpreadConstraints"]}
+    assert spread == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+
+    # Writable paths: /tmp, the data dir, /dev/shm (memory-backed, big enough for every ring).
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["/tmp"] in volumes and "emptyDir" in volumes[mounts["/tmp"]]
+    assert mounts[settings.data_dir] in volumes
+    shm = volumes[mounts["/dev/shm"]]["emptyDir"]
+    assert shm["medium"] == "Memory"
+    workers = int(container["resources"]["limits"]["cpu"])  # workers follow the CPU limit
+    assert k8s_bytes(shm["sizeLimit"]) > workers * settings.queue_bytes
+
+
+def test_hpa_pdb() -> None:
+    objs = objects(K8S_BASE)
+    hpa = find(objs, "HorizontalPodAutoscaler")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 10)
+    targets = {m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in hpa["metrics"]}
+    assert targets == {"cpu": 70, "memory": 80}
+    assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "otlp-ingest"}
+    pdb = find(objs, "PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["selector"]["matchLabels"] == {"app.kubernetes.io/name": "otlp-ingest"}
+
+
+def test_production_overlay_adds_mtls_and_backend() -> None:
+    objs = objects(K8S_PRODUCTION)
+    cert = find(objs, "Certificate", "otlp-ingest-tls")
+    assert set(cert["spec"]["usages"]) == {"server auth", "client auth"}
+    assert "otlp-ingest.observability.svc" in cert["spec"]["dnsNames"]
+    container = _container(objs)
+    tls = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+    assert tls["readOnly"] is True
+    pod = find(objs, "Deployment")["spec"]["template"]["spec"]
+    secret = next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]
+    assert secret["secretName"] == cert["spec"]["secretName"]
+    zone = next(
+        c for c in pod["topologySpreadConstraints"] if c["topologyKey"] == "topology.kubernetes.io/zone"
+    )
+    assert zone["whenUnsatisfiable"] == "DoNotSchedule"
+    settings = load_settings({}, find(objs, "ConfigMap")["data"])
+    assert settings.endpoint, "production forwards to a backend"
+    # The base's other volumes survive the strategic merge.
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "data", "shm", "tls"}
