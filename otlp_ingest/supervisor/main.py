@@ -463,7 +463,7 @@ class Supervisor:
             processes=processes,
             restarts=dict(self.restarts),
             exporter_rings={s.index: tuple(s.rings) for s in self.exporters},
-            draining=self._shutdown_phase is not None or not self._workers_started,
+            draining=self._shutdown_phase is not None,
         )
 
 
