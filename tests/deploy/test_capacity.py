@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +110,22 @@ def test_measure_fails_clearly_when_endpoint_unreachable() -> None:
     )
     assert proc.returncode != 0
     assert "capacity: measurement failed" in proc.stderr, proc.stderr
+
+
+def test_measure_against_a_running_server(tmp_path: Path) -> None:
+    """--measure --endpoint drives a real server with the load generator and sizes from it."""
+    from tests.conftest import ServerProcess
+
+    with ServerProcess(tmp_path) as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "otlp_ingest", "capacity", "--peak", "1000000", "--measure",
+             "--endpoint", server.grpc_endpoint, "--duration", "1s", "--concurrency", "2", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["per_pod"] > 0
+    assert plan["replicas"] == math.ceil(round(1_000_000 / plan["per_pod"] * 1.5, 9))
+    assert "measured on this machine" in plan["measured_on"]
