@@ -189,6 +189,7 @@ class _Exporter:
             ",".join(self.ring_names) or "-",
             self.settings.endpoint or f"files in {self.settings.data_dir}",
         )
+        _create_series(self.label)
         notify_ready()
         try:
             return self._loop(pool)
@@ -328,3 +329,12 @@ def run_exporter(
     (ring mappings, grpc channel, threads) is created here, never before.
     """
     return _Exporter(settings, exporter_index, ring_names).run(notify_ready)
+
+
+def _create_series(label: str) -> None:
+    """Touch every exporter series once so /metrics shows zeros before the first failure: the
+    alert and dashboard ratios (failed / sent) are empty, not 0, while a series is missing."""
+    for signal, info in SIGNALS.items():
+        metrics.EXPORTER_SENT[signal].labels(label)
+        metrics.EXPORTER_SEND_FAILED[signal].labels(label)
+        metrics.EXPORTER_SEND_RETRIES.labels(label, info.name)

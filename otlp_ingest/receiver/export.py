@@ -50,6 +50,9 @@ _JSON_REJECTED_FIELD = {
 class RingWriterLike(Protocol):
     """The seam to the ring: `otlp_ingest.ring.RingWriter` satisfies it."""
 
+    @property
+    def max_payload(self) -> int: ...
+
     def try_write(self, signal: int, item_count: int, payload: bytes | memoryview) -> bool: ...
 
     def close(self) -> None: ...
@@ -179,7 +182,7 @@ class ExportService:
             if accepted:
                 try:
                     self._write(signal, accepted, validated.payload)
-                except errors.RetryableError:
+                except (errors.RetryableError, errors.PayloadTooLarge):
                     series.refused.inc(accepted + rejected)
                     raise
                 series.accepted.inc(accepted)
@@ -202,6 +205,12 @@ class ExportService:
             series.duration.observe(time.perf_counter() - started)
 
     def _write(self, signal: Signal, accepted: int, payload: bytes) -> None:
+        if len(payload) > self._ring.max_payload:
+            # It would never fit, however empty the ring: "retry later" would be a lie.
+            raise errors.PayloadTooLarge(
+                f"request of {len(payload)} bytes exceeds the queue's record limit of "
+                f"{self._ring.max_payload} bytes (raise OTLP_QUEUE_BYTES)"
+            )
         with self._lock:
             if self._closed:
                 raise errors.ShuttingDown(

@@ -612,6 +612,7 @@ def test_export_service_in_process_metrics_and_draining() -> None:
             self.records: list[tuple[int, int, bytes]] = []
             self.full = False
             self.closed = False
+            self.max_payload = 1 << 20
 
         def try_write(self, signal: int, item_count: int, payload: bytes) -> bool:
             if self.full:
@@ -652,6 +653,14 @@ def test_export_service_in_process_metrics_and_draining() -> None:
     assert sample("otlp_receiver_request_duration_seconds_count", transport=transport, signal="traces") == 2
 
     writer.full = False
+    writer.max_payload = 10  # a record that could never fit is 413-type, not "retry later"
+    with pytest.raises(errors.PayloadTooLarge):
+        service.export(Signal.TRACES, spans_request(1).SerializeToString(), "protobuf", transport)
+    assert (
+        sample("otlp_receiver_requests_total", transport=transport, signal="traces", outcome="too_large") == 1
+    )
+    writer.max_payload = 1 << 20
+
     service.start_draining()
     with pytest.raises(errors.ShuttingDown):
         service.export(Signal.TRACES, spans_request(1).SerializeToString(), "protobuf", transport)
