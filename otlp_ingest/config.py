@@ -5,14 +5,16 @@ Every field of `Settings` has one environment variable (`ENV_NAMES`) and one CLI
 (`--` + field name with `_` -> `-`). Durations accept `200ms`, `5s`, `1m`, `1h` or plain seconds;
 sizes accept `512KiB`, `4MiB`, `1GiB`, `1MB` or plain bytes.
 
-`load_settings` is the only entry point that reads anything (the environment mapping and the
-config file it is given); it raises `ConfigError` naming every bad setting at once.
+`load_settings` is the only entry point that reads anything (the environment mapping, the config
+file it is given, and the TLS certificate/key/CA files the settings name, loaded once to check
+them); it raises `ConfigError` naming every bad setting at once.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import ssl
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import msgspec
@@ -63,6 +65,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     export_headers: dict[str, str] = {}
     export_timeout: float = 10.0  # one send attempt
     export_insecure: bool = True  # plaintext gRPC/HTTP unless the endpoint says https
+    # TLS towards the backend (used when the endpoint is https://, or bare with insecure=false).
+    # Read when an exporter starts, so a SIGHUP (rolling restart) picks up rotated files.
+    export_ca_file: str | None = None  # PEM roots to verify the backend; unset -> system roots
+    export_cert_file: str | None = None  # client certificate (mTLS to the backend), with the key
+    export_key_file: str | None = None
     export_concurrency: int = 4  # batches in flight per exporter
     retry_initial_interval: float = 0.5
     retry_max_interval: float = 30.0
@@ -88,6 +95,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admin_port: int = 8888
     grpc_max_recv_bytes: int = 4 * MiB
     http_max_body_bytes: int = 20 * MiB  # after decompression; the compressed body too
+    # Receiver TLS on both OTLP ports (gRPC and HTTP), like the Collector's receiver `tls`.
+    # Cert and key together or neither; a client CA makes client certificates required (mTLS).
+    # Read when a worker starts, so a SIGHUP (rolling restart) picks up rotated certificates.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
 
     # Lifecycle.
     shutdown_timeout: float = 30.0  # SIGTERM -> exit, all stages together
@@ -108,6 +121,9 @@ ENV_NAMES: dict[str, str] = {
     "export_headers": "OTLP_EXPORT_HEADERS",  # "k1=v1,k2=v2"
     "export_timeout": "OTLP_EXPORT_TIMEOUT",
     "export_insecure": "OTLP_EXPORT_INSECURE",
+    "export_ca_file": "OTLP_EXPORT_CA_FILE",
+    "export_cert_file": "OTLP_EXPORT_CERT_FILE",
+    "export_key_file": "OTLP_EXPORT_KEY_FILE",
     "export_concurrency": "OTLP_EXPORT_CONCURRENCY",
     "retry_initial_interval": "OTLP_RETRY_INITIAL_INTERVAL",
     "retry_max_interval": "OTLP_RETRY_MAX_INTERVAL",
@@ -125,6 +141,9 @@ ENV_NAMES: dict[str, str] = {
     "admin_port": "OTLP_ADMIN_PORT",
     "grpc_max_recv_bytes": "OTLP_GRPC_MAX_RECV_BYTES",
     "http_max_body_bytes": "OTLP_HTTP_MAX_BODY_BYTES",
+    "tls_cert_file": "OTLP_TLS_CERT_FILE",
+    "tls_key_file": "OTLP_TLS_KEY_FILE",
+    "tls_client_ca_file": "OTLP_TLS_CLIENT_CA_FILE",
     "shutdown_timeout": "OTLP_SHUTDOWN_TIMEOUT",
     "log_level": "OTLP_LOG_LEVEL",
     "data_dir": "OTLP_DATA_DIR",
@@ -179,6 +198,15 @@ _SIZE_UNITS = {
     "k": 1024,
     "m": 1024**2,
     "g": 1024**3,
+}
+# PEM files (certificates, keys, CA bundles): must be readable at start-up and at every reload.
+_FILE_FIELDS = {
+    "export_ca_file",
+    "export_cert_file",
+    "export_key_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
 }
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -274,6 +302,22 @@ def _parse_headers(value: object) -> dict[str, str]:
     return headers
 
 
+def _parse_file(value: object) -> str | None:
+    """A readable file path (empty -> None). Opened and closed here so a typo or a missing
+    Secret mount fails at start-up (or is refused on reload), not in the first TLS handshake."""
+    if value is None or not str(value).strip():
+        return None
+    path = str(value).strip()
+    if os.path.isdir(path):
+        raise _Bad("is a directory (expected a readable PEM file)")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise _Bad(f"cannot read ({exc.strerror}) (expected a readable PEM file)") from None
+    return path
+
+
 def parse_endpoint(endpoint: str) -> tuple[str, str, int, str]:
     """`host:port`, `http://host:port[/path]` or `https://...` -> (scheme, host, port, path).
 
@@ -332,6 +376,8 @@ def _parse_field(name: str, value: object) -> object:
         return _parse_bool(value)
     if name == "export_headers":
         return _parse_headers(value)
+    if name in _FILE_FIELDS:
+        return _parse_file(value)
     if name == "endpoint":
         if value is None or not str(value).strip():
             return None
@@ -483,7 +529,64 @@ def _cross_checks(values: dict[str, object], raws: dict[str, object], sources: d
             f"{shown('exporters')}: more exporters than workers ({workers}) "
             "(expected exporters <= workers: each exporter drains whole worker rings)"
         )
+    problems.extend(_tls_checks(get, shown))
     return problems
+
+
+def _tls_checks(get: Callable[[str], object], shown: Callable[[str], str]) -> list[str]:
+    """Certificate/key pairs come together and load; TLS files never ride a plaintext endpoint.
+
+    The PEM contents are loaded into a throwaway `ssl.SSLContext` (reading only), so a key that
+    does not match its certificate is named here rather than killing every worker at boot.
+    """
+    problems: list[str] = []
+    for cert, key, role in (
+        ("tls_cert_file", "tls_key_file", "server"),
+        ("export_cert_file", "export_key_file", "client"),
+    ):
+        if (get(cert) is None) != (get(key) is None):
+            given, missing = (cert, key) if get(key) is None else (key, cert)
+            problems.append(f"{shown(given)}: set without {ENV_NAMES[missing]} (expected both or neither)")
+        elif get(cert) is not None:
+            purpose = ssl.PROTOCOL_TLS_SERVER if role == "server" else ssl.PROTOCOL_TLS_CLIENT
+            try:
+                ssl.SSLContext(purpose).load_cert_chain(str(get(cert)), str(get(key)))
+            except (OSError, ssl.SSLError) as exc:
+                problems.append(
+                    f"{shown(cert)}: does not load with {ENV_NAMES[key]} ({exc}) "
+                    "(expected a PEM certificate chain and its matching PEM private key)"
+                )
+    for ca in ("tls_client_ca_file", "export_ca_file"):
+        if get(ca) is None:
+            continue
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(get(ca)))
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"{shown(ca)}: not a CA bundle ({exc}) (expected PEM certificates)")
+    if get("tls_client_ca_file") is not None and get("tls_cert_file") is None:
+        problems.append(
+            f"{shown('tls_client_ca_file')}: client certificates need TLS "
+            f"(expected {ENV_NAMES['tls_cert_file']} and {ENV_NAMES['tls_key_file']} too)"
+        )
+    export_files = [f for f in ("export_ca_file", "export_cert_file", "export_key_file") if get(f)]
+    endpoint = get("endpoint")
+    if (
+        export_files
+        and endpoint is not None
+        and not export_uses_tls(str(endpoint), bool(get("export_insecure")))
+    ):
+        problems.append(
+            f"{shown(export_files[0])}: the endpoint {shown('endpoint')} is plaintext "
+            f"(expected an https:// endpoint, or {ENV_NAMES['export_insecure']}=false for host:port)"
+        )
+    return problems
+
+
+def export_uses_tls(endpoint: str, insecure: bool) -> bool:
+    """Whether the exporter talks TLS to `endpoint`: `https://` always, `http://` never, a bare
+    `host:port` unless `insecure` (settings.export_insecure). Same rule for gRPC and HTTP."""
+    scheme = parse_endpoint(endpoint)[0]
+    return scheme == "https" or (scheme == "" and not insecure)
 
 
 def load_settings(
