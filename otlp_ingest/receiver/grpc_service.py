@@ -6,6 +6,11 @@ once, by `validate`, and return the already-serialized response bytes. Errors ar
 trailer, with a `google.rpc.RetryInfo` detail when the client should retry. Messages above
 `settings.grpc_max_recv_bytes` are refused by grpc itself with RESOURCE_EXHAUSTED (no RetryInfo).
 gzip request compression is handled by grpc.
+
+TLS: with settings.tls_cert_file/tls_key_file the port serves TLS only (a plaintext client fails
+its handshake, UNAVAILABLE on its side); with settings.tls_client_ca_file too, clients must present
+a certificate signed by that CA (mTLS). The files are read in `build_grpc_server`, i.e. when a
+worker starts, so a rolling restart (SIGHUP) picks up rotated certificates.
 """
 
 from __future__ import annotations
@@ -41,6 +46,26 @@ def grpc_address(bind: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials for the gRPC port from the settings' PEM files; None -> plaintext.
+
+    Raises OSError when a file cannot be read (the worker then exits with its boot-failure code).
+    """
+    if not settings.tls_cert_file or not settings.tls_key_file:
+        return None
+    client_ca = _read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(_read(settings.tls_key_file), _read(settings.tls_cert_file))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 def _abort(context: grpc.ServicerContext, signal: Signal, exc: BaseException) -> None:
     wire = status_for(exc)
     if isinstance(exc, errors.OtlpError):
@@ -74,8 +99,10 @@ def _export_handler(service: ExportService, signal: Signal) -> Callable[[bytes, 
 def build_grpc_server(service: ExportService, settings: Settings) -> grpc.Server:
     """A grpc server bound (SO_REUSEPORT) to settings.bind:settings.grpc_port, not yet started.
 
-    Raises RuntimeError when the port cannot be bound.
+    Serves TLS (or mTLS) when the settings name a certificate (`server_credentials`). Raises
+    RuntimeError when the port cannot be bound, OSError when a TLS file cannot be read.
     """
+    credentials = server_credentials(settings)  # before the server exists: nothing to clean up
     server = grpc.server(
         ThreadPoolExecutor(max_workers=GRPC_THREADS, thread_name_prefix="grpc-export"),
         options=[
@@ -93,6 +120,10 @@ def build_grpc_server(service: ExportService, settings: Settings) -> grpc.Server
         handlers.append(grpc.method_handlers_generic_handler(info.grpc_service, {"Export": method}))
     server.add_generic_rpc_handlers(tuple(handlers))
     address = grpc_address(settings.bind, settings.grpc_port)
-    if server.add_insecure_port(address) == 0:  # older grpcio reports failure as port 0
+    if credentials is not None:
+        bound = server.add_secure_port(address, credentials)
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:  # older grpcio reports failure as port 0
         raise RuntimeError(f"cannot bind gRPC port {address}")
     return server

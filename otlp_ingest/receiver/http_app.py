@@ -7,11 +7,15 @@ chunked bodies are capped too), decompress with the same cap (413), then call th
 `ExportService.export`. The response uses the request's content type. Errors are mapped with
 `otlp_ingest.status`: 400 carries a `google.rpc.Status` (protobuf or JSON like the request), 503
 carries `Retry-After`. An unexpected exception is logged and answered 503, never a bare 500.
+
+TLS is the listener's business, not the app's: `server_ssl_context` builds the context the worker
+hands to uvicorn (see worker.py).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import traceback
 
 from starlette.applications import Starlette
@@ -35,6 +39,25 @@ _unexpected_log = RateLimitedLogger(log)
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _MEDIA_TYPE = {"protobuf": PROTOBUF, "json": JSON}
+
+
+def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for the HTTP port from the settings' PEM files; None -> plaintext.
+
+    TLS 1.2 or newer; with settings.tls_client_ca_file a client certificate signed by that CA is
+    required (mTLS), as on the gRPC port. Read when called (worker start), so a rolling restart
+    picks up rotated files. Raises OSError (ssl.SSLError included) for unreadable or bad files.
+    """
+    if not settings.tls_cert_file or not settings.tls_key_file:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    if settings.tls_client_ca_file:
+        context.load_verify_locations(cafile=settings.tls_client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["http/1.1"])  # what uvicorn's httptools protocol speaks
+    return context
 
 
 def content_format(content_type: str | None) -> ContentFormat:

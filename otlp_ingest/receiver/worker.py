@@ -7,6 +7,10 @@ ports at once, let in-flight requests finish within a grace period, close the ri
 return 0. Everything process-wide is created here, never at import time.
 
 Threads: uvicorn's asyncio (uvloop) loop runs in the main thread; grpc runs its own thread pool.
+
+TLS (settings.tls_*): both ports serve TLS, or mTLS with a client CA. The PEM files are read here,
+at worker start, and nowhere else: a SIGHUP rolling restart is how rotated certificates (e.g. a
+cert-manager renewal) take effect, one worker at a time and without refusing connections.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
 from otlp_ingest.receiver.export import ExportService
 from otlp_ingest.receiver.grpc_service import build_grpc_server, grpc_address
-from otlp_ingest.receiver.http_app import build_http_app
+from otlp_ingest.receiver.http_app import build_http_app, server_ssl_context
 from otlp_ingest.ring import RingWriter
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,12 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _tls_mode(settings: Settings) -> str:
+    if not settings.tls_cert_file:
+        return "plaintext"
+    return "mTLS" if settings.tls_client_ca_file else "TLS"
 
 
 def run_worker(
@@ -105,6 +115,12 @@ def _run(
     grpc_addr = grpc_address(settings.bind, settings.grpc_port)
     http_addr = grpc_address(settings.bind, settings.http_port)
     try:
+        ssl_context = server_ssl_context(settings)
+    except OSError as exc:  # ssl.SSLError too: a file replaced by something unreadable since load
+        log.error("worker %d cannot load TLS certificate %s: %s", worker_index, settings.tls_cert_file, exc)
+        service.close()
+        return ExitCode.CHILD_BOOT
+    try:
         grpc_server = build_grpc_server(service, settings)
     except Exception as exc:
         log.error("worker %d cannot bind gRPC %s: %s", worker_index, grpc_addr, exc)
@@ -128,6 +144,8 @@ def _run(
         log_config=None,  # the supervisor configured logging for this process
         server_header=False,
         timeout_graceful_shutdown=grace,
+        # uvicorn would build its own context from file names; ours is already loaded and checked.
+        ssl_context_factory=(lambda _config, _default: ssl_context) if ssl_context else None,
     )
     http_server = _Server(config)
     grpc_server.start()
@@ -145,10 +163,11 @@ def _run(
             await asyncio.gather(serving, return_exceptions=True)
             return False
         log.info(
-            "worker %d listening: grpc %s, http %s, ring %s",
+            "worker %d listening: grpc %s, http %s (%s), ring %s",
             worker_index,
             grpc_addr,
             http_addr,
+            _tls_mode(settings),
             ring_name,
         )
         notify_ready()
