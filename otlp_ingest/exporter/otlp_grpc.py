@@ -6,7 +6,10 @@ response is decoded, for partial_success). A grpc channel is thread-safe: every 
 shares it. Build this inside the exporter process, never before a fork.
 
 Endpoint forms: "host:port" (plaintext unless settings.export_insecure is False),
-"http://host:port" (plaintext), "https://host:port" (TLS with the system roots).
+"http://host:port" (plaintext), "https://host:port" (TLS). TLS verifies the backend with
+settings.export_ca_file (else grpc's default roots) and presents settings.export_cert_file/key_file
+as a client certificate when set (mTLS). The files are read when the sender is built, i.e. when the
+exporter process starts, so a rolling restart (SIGHUP) picks up rotated files.
 """
 
 from __future__ import annotations
@@ -31,6 +34,22 @@ def parse_grpc_endpoint(endpoint: str, insecure: bool) -> tuple[str, bool]:
     return endpoint, not insecure
 
 
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def channel_credentials(settings: Settings) -> grpc.ChannelCredentials:
+    """TLS credentials for the backend channel. Raises OSError when a file cannot be read."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.export_ca_file),
+        private_key=_read(settings.export_key_file),
+        certificate_chain=_read(settings.export_cert_file),
+    )
+
+
 class GrpcSender:
     """Sends batches with the OTLP gRPC Export methods."""
 
@@ -43,7 +62,7 @@ class GrpcSender:
             ("grpc.enable_retries", 0),
         ]
         if tls:
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+            self._channel = grpc.secure_channel(target, channel_credentials(settings), options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
         self._timeout = settings.export_timeout

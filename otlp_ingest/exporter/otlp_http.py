@@ -3,12 +3,18 @@
 URL choice: settings.endpoint is a base URL "http(s)://host:port[/prefix]" and the signal path is
 appended (`/v1/traces`, `/v1/metrics`, `/v1/logs`), like OTEL_EXPORTER_OTLP_ENDPOINT in the SDKs.
 If the URL already ends with one of those signal paths, that suffix is removed and the base is used
-for every signal, so each batch always goes to the path of its own signal.
+for every signal, so each batch always goes to the path of its own signal. A bare "host:port" is
+plaintext unless settings.export_insecure is False (then https), as for gRPC.
+
+TLS: `https` verifies the backend with settings.export_ca_file (else the system roots) and presents
+settings.export_cert_file/key_file as a client certificate when set (mTLS). The context is built
+when the sender is (exporter start), so a rolling restart (SIGHUP) picks up rotated files.
 """
 
 from __future__ import annotations
 
 import http.client
+import ssl
 import threading
 from urllib.parse import urlsplit
 
@@ -20,9 +26,12 @@ from otlp_ingest.exporter.sender import SendError, SendResult, partial_success
 from otlp_ingest.otlp.signals import SIGNALS, Signal
 
 
-def parse_http_endpoint(endpoint: str) -> tuple[str, str, int, str]:
-    """(scheme, host, port, base path without trailing slash) of an OTLP/HTTP base URL."""
-    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+def parse_http_endpoint(endpoint: str, insecure: bool = True) -> tuple[str, str, int, str]:
+    """(scheme, host, port, base path without trailing slash) of an OTLP/HTTP base URL.
+
+    A bare "host:port" gets http, or https when `insecure` is False."""
+    default_scheme = "http" if insecure else "https"
+    parts = urlsplit(endpoint if "://" in endpoint else f"{default_scheme}://{endpoint}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"HTTP endpoint must be http(s)://host:port[/path], got {endpoint!r}")
     path = parts.path.rstrip("/")
@@ -32,6 +41,15 @@ def parse_http_endpoint(endpoint: str) -> tuple[str, str, int, str]:
             break
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, parts.hostname, port, path
+
+
+def client_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS context for the backend: verify it (export_ca_file or system roots, hostname checked),
+    present the client certificate if configured. Raises OSError for unreadable or bad files."""
+    context = ssl.create_default_context(cafile=settings.export_ca_file)
+    if settings.export_cert_file and settings.export_key_file:
+        context.load_cert_chain(settings.export_cert_file, settings.export_key_file)
+    return context
 
 
 def _error_text(response: http.client.HTTPResponse, body: bytes) -> str:
@@ -48,7 +66,11 @@ class HttpSender:
     """POSTs batches as application/x-protobuf; one persistent connection per thread."""
 
     def __init__(self, settings: Settings) -> None:
-        self._scheme, self._host, self._port, base = parse_http_endpoint(settings.endpoint or "")
+        self._scheme, self._host, self._port, base = parse_http_endpoint(
+            settings.endpoint or "", settings.export_insecure
+        )
+        # One context shared by every thread's connection (SSLContext is thread-safe to use).
+        self._ssl = client_ssl_context(settings) if self._scheme == "https" else None
         self._paths = {signal: base + info.http_path for signal, info in SIGNALS.items()}
         self._timeout = settings.export_timeout
         self._headers = {**settings.export_headers, "Content-Type": "application/x-protobuf"}
@@ -59,8 +81,12 @@ class HttpSender:
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            conn = cls(self._host, self._port, timeout=self._timeout)
+            if self._ssl is not None:
+                conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout, context=self._ssl
+                )
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
