@@ -4,6 +4,10 @@ with RecordingBackend(fail_first=2, fail_code="unavailable", retry_after_s=0.2) 
     ... point the server at backend.grpc_endpoint or backend.http_endpoint ...
     backend.wait_for_items("traces", 100, timeout=10)
     assert backend.records()["traces"]["keys"] == {...}
+
+TLS: `RecordingBackend(tls_cert=..., tls_key=..., tls_client_ca=..., ca_file=..., client_cert=(c, k))`
+serves TLS (mTLS with a client CA) on both ports; `ca_file`/`client_cert` are what this class uses
+to reach the control API, and `http_endpoint` is then `https://`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ class RecordingBackend:
         delay_ms: float = 0.0,
         retry_after_s: float = 1.0,
         start_timeout: float = 15.0,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
+        ca_file: str | None = None,
+        client_cert: tuple[str, str] | None = None,
     ) -> None:
         self._args = [
             "--fail-first",
@@ -43,11 +52,24 @@ class RecordingBackend:
             "--retry-after-s",
             str(retry_after_s),
         ]
+        for flag, value in (
+            ("--tls-cert", tls_cert),
+            ("--tls-key", tls_key),
+            ("--tls-client-ca", tls_client_ca),
+        ):
+            if value:
+                self._args += [flag, value]
+        self.tls = bool(tls_cert)
         self._start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.grpc_port = 0
         self.http_port = 0
         self._session = requests.Session()
+        if self.tls:
+            # trust_env off: REQUESTS_CA_BUNDLE in the environment would override `verify`.
+            self._session.trust_env = False
+            self._session.verify = ca_file or True
+            self._session.cert = client_cert
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
@@ -56,7 +78,7 @@ class RecordingBackend:
 
     @property
     def http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}"
 
     def __enter__(self) -> RecordingBackend:
         self._dir = tempfile.TemporaryDirectory(prefix="recording-backend-")

@@ -2,7 +2,7 @@
 
     python tests/support/recording_backend.py --port-file PATH [--fail-first N]
         [--fail-code unavailable|invalid|resource_exhausted|http_503|http_400]
-        [--delay-ms M] [--retry-after-s S]
+        [--delay-ms M] [--retry-after-s S] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 
 Listens on ephemeral ports on 127.0.0.1: OTLP/gRPC (grpcio, raw-bytes generic handlers for the
 three Export methods) and HTTP (http.server: OTLP/HTTP protobuf `POST /v1/traces|metrics|logs`,
@@ -27,6 +27,9 @@ Faults (the next N export requests, any signal or transport, fail):
 
 Independent of otlp_ingest on purpose: it only uses opentelemetry-proto, grpcio and the standard
 library, so it judges the server from the outside.
+
+TLS: with --tls-cert/--tls-key both ports serve TLS only (the control API too); with
+--tls-client-ca as well, clients must present a certificate signed by that CA (mTLS).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import gzip
 import json
 import os
 import signal
+import ssl
 import threading
 import time
 from collections import Counter
@@ -299,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-code", choices=FAIL_CODES, default="unavailable")
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--retry-after-s", type=float, default=1.0)
+    parser.add_argument("--tls-cert", help="serve TLS on both ports with this PEM certificate")
+    parser.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        parser.error("--tls-cert and --tls-key go together; --tls-client-ca needs both")
 
     recorder = Recorder(args.fail_first, args.fail_code, args.delay_ms, args.retry_after_s)
     grpc_server = grpc.server(
@@ -307,10 +316,35 @@ def main(argv: list[str] | None = None) -> int:
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
     grpc_server.add_generic_rpc_handlers((_grpc_handler(recorder),))
-    grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
+    if args.tls_cert:
+        with open(args.tls_cert, "rb") as f:
+            cert = f.read()
+        with open(args.tls_key, "rb") as f:
+            key = f.read()
+        client_ca = None
+        if args.tls_client_ca:
+            with open(args.tls_client_ca, "rb") as f:
+                client_ca = f.read()
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+        grpc_port = grpc_server.add_secure_port("127.0.0.1:0", credentials)
+    else:
+        grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
     grpc_server.start()
     http_server = ThreadingHTTPServer(("127.0.0.1", 0), _http_handler(recorder))
     http_server.daemon_threads = True
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            context.load_verify_locations(cafile=args.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        # The handshake runs in the per-connection thread, not in accept(): a stuck or plaintext
+        # client cannot block the listener.
+        http_server.socket = context.wrap_socket(
+            http_server.socket, server_side=True, do_handshake_on_connect=False
+        )
     threading.Thread(target=http_server.serve_forever, daemon=True).start()
 
     tmp = f"{args.port_file}.tmp"
