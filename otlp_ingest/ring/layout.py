@@ -80,6 +80,7 @@ crash between storing tail_seq and tail leaves it one ahead), so uncommitted rec
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -107,8 +108,26 @@ OFF_READER_PID = 144
 
 # magic, version, header_size, capacity, max_records, owner_pid, created_ns
 STATIC_HEADER = struct.Struct("<8sIIQQQQ")
-U64 = struct.Struct("<Q")
+U64 = struct.Struct("<Q")  # only for private copies (header snapshots), never for live counters
 U32 = struct.Struct("<I")
+
+
+def load_u64(mm: mmap.mmap, offset: int) -> int:
+    """Read a shared 64-bit counter with one 8-byte load.
+
+    Never use ``struct.unpack_from``/``pack_into`` for a counter another process reads or writes
+    concurrently: ``pack_into`` zeroes its target before writing (CPython ``s_pack_internal``
+    does a memset), so a reader can see 0 for a moment, and standard-size ('<') codes move one
+    byte at a time. A slice of an mmap is one ``memcpy`` of 8 aligned bytes, which is a single
+    load or store on x86-64 (tests/unit/test_ring.py checks this with two processes).
+    """
+    return int.from_bytes(mm[offset : offset + 8], "little")
+
+
+def store_u64(mm: mmap.mmap, offset: int, value: int) -> None:
+    """Publish a shared 64-bit counter with one 8-byte store (see `load_u64`)."""
+    mm[offset : offset + 8] = value.to_bytes(8, "little")
+
 
 # Record header: payload_len, crc32, signal, flags, item_count, seq.
 RECORD_HEADER = struct.Struct("<IIHHIQ")

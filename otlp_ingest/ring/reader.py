@@ -10,7 +10,6 @@ from otlp_ingest.ring.layout import Record, RingCorrupt
 from otlp_ingest.ring.scan import header_at
 from otlp_ingest.ring.segment import map_segment
 
-_U64 = layout.U64
 _DATA = layout.HEADER_SIZE
 _HDR_SIZE = layout.RECORD_HEADER_SIZE
 _META_START = layout.META_OFFSET
@@ -34,20 +33,20 @@ class RingReader:
         self.max_records = static.max_records
         mm = self._mm
         try:
-            self._tail = _U64.unpack_from(mm, _OFF_TAIL)[0]
-            self._head = _U64.unpack_from(mm, _OFF_HEAD)[0]
+            self._tail = layout.load_u64(mm, _OFF_TAIL)
+            self._head = layout.load_u64(mm, _OFF_HEAD)
             if not 0 <= self._head - self._tail <= self.capacity:
                 raise RingCorrupt(f"ring {name}: head {self._head} and tail {self._tail} are inconsistent")
-            self._tail_seq = _U64.unpack_from(mm, _OFF_TAIL_SEQ)[0]
+            self._tail_seq = layout.load_u64(mm, _OFF_TAIL_SEQ)
             if self._head != self._tail:
                 # The record at tail is authoritative: a reader that died between storing
                 # tail_seq and tail left tail_seq one ahead of it.
                 self._tail_seq = header_at(mm, self.capacity, self._tail, self._head, name).seq
-                _U64.pack_into(mm, _OFF_TAIL_SEQ, self._tail_seq)
+                layout.store_u64(mm, _OFF_TAIL_SEQ, self._tail_seq)
         except BaseException:
             mm.close()
             raise
-        _U64.pack_into(mm, layout.OFF_READER_PID, os.getpid())
+        layout.store_u64(mm, layout.OFF_READER_PID, os.getpid())
         self._cursor = self._tail
         self._next_seq = self._tail_seq
 
@@ -65,7 +64,7 @@ class RingReader:
         none yet. RingCorrupt on any bounds, seq or checksum failure; the cursor does not move."""
         cursor = self._cursor
         if cursor == self._head:
-            head = _U64.unpack_from(self._mm, _OFF_HEAD)[0]
+            head = layout.load_u64(self._mm, _OFF_HEAD)
             if head == cursor:
                 return None
             if not 0 < head - cursor <= self.capacity:
@@ -98,8 +97,8 @@ class RingReader:
                 f"but uncommitted range seq [{self._tail_seq}, {self._next_seq})"
             )
         # tail_seq before tail: a writer that sees the new tail also sees the new tail_seq.
-        _U64.pack_into(self._mm, _OFF_TAIL_SEQ, record.seq + 1)
-        _U64.pack_into(self._mm, _OFF_TAIL, record.end)
+        layout.store_u64(self._mm, _OFF_TAIL_SEQ, record.seq + 1)
+        layout.store_u64(self._mm, _OFF_TAIL, record.end)
         self._tail_seq = record.seq + 1
         self._tail = record.end
 
@@ -118,12 +117,12 @@ class RingReader:
 
     def pending(self) -> bool:
         """True if records are published beyond the read cursor (re-reads ``head``)."""
-        self._head = _U64.unpack_from(self._mm, _OFF_HEAD)[0]
+        self._head = layout.load_u64(self._mm, _OFF_HEAD)
         return self._head != self._cursor
 
     def uncommitted(self) -> bool:
         """True if anything (read or not) is published beyond the committed tail."""
-        self._head = _U64.unpack_from(self._mm, _OFF_HEAD)[0]
+        self._head = layout.load_u64(self._mm, _OFF_HEAD)
         return self._head != self._tail
 
     def close(self) -> None:

@@ -10,7 +10,6 @@ from otlp_ingest.ring.layout import RingCorrupt
 from otlp_ingest.ring.scan import header_at
 from otlp_ingest.ring.segment import map_segment
 
-_U64 = layout.U64
 _HEADER = layout.RECORD_HEADER
 _META = layout.RECORD_META
 _DATA = layout.HEADER_SIZE
@@ -37,9 +36,9 @@ class RingWriter:
         self.max_payload = layout.max_payload(self.capacity)
         self._max_record = layout.max_record_size(self.capacity)
         mm = self._mm
-        self._head = _U64.unpack_from(mm, _OFF_HEAD)[0]
-        self._tail = _U64.unpack_from(mm, _OFF_TAIL)[0]
-        self._tail_seq = _U64.unpack_from(mm, _OFF_TAIL_SEQ)[0]
+        self._head = layout.load_u64(mm, _OFF_HEAD)
+        self._tail = layout.load_u64(mm, _OFF_TAIL)
+        self._tail_seq = layout.load_u64(mm, _OFF_TAIL_SEQ)
         if not 0 <= self._head - self._tail <= self.capacity:
             mm.close()
             raise RingCorrupt(f"ring {name}: head {self._head} and tail {self._tail} are inconsistent")
@@ -48,8 +47,8 @@ class RingWriter:
         except BaseException:
             mm.close()
             raise
-        _U64.pack_into(mm, _OFF_HEAD_SEQ, self._head_seq)
-        _U64.pack_into(mm, layout.OFF_WRITER_PID, os.getpid())
+        layout.store_u64(mm, _OFF_HEAD_SEQ, self._head_seq)
+        layout.store_u64(mm, layout.OFF_WRITER_PID, os.getpid())
 
     @classmethod
     def attach(cls, name: str) -> RingWriter:
@@ -85,7 +84,7 @@ class RingWriter:
             return False
         seq = self._head_seq
         if seq - self._tail_seq >= self.max_records:
-            self._tail_seq = _U64.unpack_from(self._mm, _OFF_TAIL_SEQ)[0]
+            self._tail_seq = layout.load_u64(self._mm, _OFF_TAIL_SEQ)
             if seq - self._tail_seq >= self.max_records:
                 return False
         head = self._head
@@ -95,7 +94,7 @@ class RingWriter:
         skip = 0 if size <= room_to_end else room_to_end
         new_head = head + skip + size
         if new_head - self._tail > capacity:
-            self._tail = _U64.unpack_from(self._mm, _OFF_TAIL)[0]
+            self._tail = layout.load_u64(self._mm, _OFF_TAIL)
             if new_head - self._tail > capacity:
                 return False
         mm = self._mm
@@ -107,8 +106,8 @@ class RingWriter:
         _HEADER.pack_into(mm, off, n, crc, signal, 0, item_count, seq)
         mm[off + _HDR_SIZE : off + _HDR_SIZE + n] = payload
         # Publish: the record bytes above are stored before head (x86 TSO keeps store order).
-        _U64.pack_into(mm, _OFF_HEAD, new_head)
-        _U64.pack_into(mm, _OFF_HEAD_SEQ, seq + 1)
+        layout.store_u64(mm, _OFF_HEAD, new_head)
+        layout.store_u64(mm, _OFF_HEAD_SEQ, seq + 1)
         self._head = new_head
         self._head_seq = seq + 1
         return True

@@ -529,3 +529,44 @@ def test_matches_a_queue_model(ring, ops):
     finally:
         writer.close()
         reader.close()
+
+
+_COUNTER_WRITER = textwrap.dedent(
+    """
+    import mmap, os, sys
+    from otlp_ingest.ring import layout
+
+    path, count = sys.argv[1], int(sys.argv[2])
+    with open(path, "r+b") as f:
+        mm = mmap.mmap(f.fileno(), 4096)
+    value = 1 << 20
+    for _ in range(count):
+        value += 0x0101_0101  # changes several bytes at once
+        layout.store_u64(mm, 64, value)
+    """
+)
+
+
+def test_shared_counters_are_never_seen_torn(tmp_path):
+    """A counter published by one process and polled by another is always a value the writer
+    stored. struct.pack_into would fail this: it zeroes the field before writing it."""
+    import mmap
+
+    path = tmp_path / "counter"
+    path.write_bytes(bytes(4096))
+    with open(path, "r+b") as f:
+        mm = mmap.mmap(f.fileno(), 4096)
+    start = 1 << 20
+    layout.store_u64(mm, 64, start)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    writer = subprocess.Popen([sys.executable, "-c", _COUNTER_WRITER, str(path), "300000"], env=env)
+    last, reads = start, 0
+    try:
+        while writer.poll() is None:
+            value = layout.load_u64(mm, 64)
+            assert value >= last and (value - start) % 0x0101_0101 == 0, f"torn read {value:#x}"
+            last, reads = value, reads + 1
+    finally:
+        writer.wait()
+    assert writer.returncode == 0 and reads > 0
+    mm.close()
