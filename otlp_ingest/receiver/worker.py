@@ -144,9 +144,13 @@ def _run(
         log_config=None,  # the supervisor configured logging for this process
         server_header=False,
         timeout_graceful_shutdown=grace,
-        # uvicorn would build its own context from file names; ours is already loaded and checked.
-        ssl_context_factory=(lambda _config, _default: ssl_context) if ssl_context else None,
     )
+    if ssl_context is not None:
+        # Our context is already loaded and checked. uvicorn serves `config.ssl` once the config is
+        # loaded (serve() skips load() then); Config(ssl_context_factory=...) would say the same
+        # but needs uvicorn >= 0.47 and pyproject allows >= 0.29.
+        config.load()
+        config.ssl = ssl_context
     http_server = _Server(config)
     grpc_server.start()
 
