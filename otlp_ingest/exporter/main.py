@@ -41,7 +41,10 @@ from otlp_ingest.telemetry.logging import RateLimitedLogger
 log = logging.getLogger(__name__)
 limited = RateLimitedLogger(log, interval=10.0)
 
-IDLE_WAIT_MIN = 0.001
+# When the rings are empty the loop waits before polling again. Clients were acked when their
+# record hit the ring, so this only delays export, never an ack; 5 ms lets several records
+# gather per loop turn (a 1 ms wait cost ~40% more exporter CPU per span at 130k spans/s).
+IDLE_WAIT_MIN = 0.005
 IDLE_WAIT_MAX = 0.020
 READ_BURST = 512  # records per ring per loop turn, so one busy ring cannot starve the others
 
