@@ -263,7 +263,14 @@ class GrpcSender:
     def __init__(self, endpoint: str, signal: Signal, use_gzip: bool) -> None:
         self.signal = signal
         self.channel = grpc.insecure_channel(
-            endpoint, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+            endpoint,
+            options=[
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # Each sender gets its own TCP connection, as separate clients would: grpc
+                # otherwise shares one subchannel per target, and SO_REUSEPORT then hands all
+                # the load to a single receiver worker.
+                ("grpc.use_local_subchannel_pool", 1),
+            ],
         )
         self.call = self.channel.unary_unary(
             SIGNALS[signal].grpc_method, request_serializer=None, response_deserializer=None
