@@ -83,6 +83,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Queueing.
     queue_size: int = 10000  # queued requests in all rings together; beyond -> retryable refusal
     queue_bytes: int = 64 * MiB  # ring bytes per worker
+    # Durable mode: a write-ahead log per worker under queue_dir instead of shared-memory rings.
+    queue_dir: str | None = None
+    queue_max_bytes: int = 1024 * MiB  # disk bound over every log; beyond -> retryable refusal
+    queue_segment_bytes: int = 16 * MiB  # size of one log segment file
+
+    # Memory: above the soft limit (limit - spike) new data is refused with retryable codes.
+    memory_limit_mib: int = 0  # 0 -> 80% of the cgroup memory limit, or no limit without one
+    memory_spike_limit_mib: int = 0  # 0 -> 20% of the limit
 
     # Processes.
     workers: int = 0  # 0 -> usable CPUs (cgroup-aware), resolved by `resolved_workers`
@@ -95,6 +103,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admin_port: int = 8888
     grpc_max_recv_bytes: int = 4 * MiB
     http_max_body_bytes: int = 20 * MiB  # after decompression; the compressed body too
+    http_read_timeout: float = 30.0  # headers and body of one request must arrive within this
     # Receiver TLS on both OTLP ports (gRPC and HTTP), like the Collector's receiver `tls`.
     # Cert and key together or neither; a client CA makes client certificates required (mTLS).
     # Read when a worker starts, so a SIGHUP (rolling restart) picks up rotated certificates.
@@ -133,6 +142,11 @@ ENV_NAMES: dict[str, str] = {
     "batch_timeout": "OTLP_BATCH_TIMEOUT",
     "queue_size": "OTLP_QUEUE_SIZE",
     "queue_bytes": "OTLP_QUEUE_BYTES",
+    "queue_dir": "OTLP_QUEUE_DIR",
+    "queue_max_bytes": "OTLP_QUEUE_MAX_BYTES",
+    "queue_segment_bytes": "OTLP_QUEUE_SEGMENT_BYTES",
+    "memory_limit_mib": "OTLP_MEMORY_LIMIT_MIB",
+    "memory_spike_limit_mib": "OTLP_MEMORY_SPIKE_LIMIT_MIB",
     "workers": "OTLP_WORKERS",
     "exporters": "OTLP_EXPORTERS",
     "bind": "OTLP_BIND",
@@ -141,6 +155,7 @@ ENV_NAMES: dict[str, str] = {
     "admin_port": "OTLP_ADMIN_PORT",
     "grpc_max_recv_bytes": "OTLP_GRPC_MAX_RECV_BYTES",
     "http_max_body_bytes": "OTLP_HTTP_MAX_BODY_BYTES",
+    "http_read_timeout": "OTLP_HTTP_READ_TIMEOUT",
     "tls_cert_file": "OTLP_TLS_CERT_FILE",
     "tls_key_file": "OTLP_TLS_KEY_FILE",
     "tls_client_ca_file": "OTLP_TLS_CLIENT_CA_FILE",
@@ -161,11 +176,14 @@ _DURATION_FIELDS = {
     "retry_max_elapsed": 0.0,
     "batch_timeout": 0.0,
     "shutdown_timeout": 0.0,
+    "http_read_timeout": 0.0,
 }
 _ZERO_OK = {"retry_max_elapsed"}
 _SIZE_FIELDS = {
     "batch_max_bytes",
     "queue_bytes",
+    "queue_max_bytes",
+    "queue_segment_bytes",
     "grpc_max_recv_bytes",
     "http_max_body_bytes",
     "file_rotate_bytes",
@@ -176,6 +194,8 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "batch_size": (1, None),
     "queue_size": (1, None),
     "workers": (0, 1024),
+    "memory_limit_mib": (0, None),
+    "memory_spike_limit_mib": (0, None),
     "exporters": (1, 1024),
     "grpc_port": (0, 65535),
     "http_port": (0, 65535),
@@ -388,6 +408,9 @@ def _parse_field(name: str, value: object) -> object:
         if not text:
             raise _Bad("must not be empty")
         return text
+    if name == "queue_dir":  # optional directory: empty means unset (shared-memory mode)
+        text = "" if value is None else str(value).strip()
+        return text or None
     raise _Bad("unknown setting")  # pragma: no cover - every field is listed above
 
 
