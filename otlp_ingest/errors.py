@@ -72,6 +72,11 @@ class ShuttingDown(RetryableError):
     """The server is draining; the client should send to another replica or retry later."""
 
 
+class MemoryLimited(RetryableError):
+    """The process tree is above its soft memory limit (`telemetry.memory`): refused until it is
+    back below it."""
+
+
 class ConfigError(Exception):
     """One or more settings are invalid. Each entry of `problems` is one line for the user."""
 

@@ -35,6 +35,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], WireStatus], ...] = (
     (errors.PermanentError, WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, False)),
     (errors.QueueFull, WireStatus(grpc.StatusCode.UNAVAILABLE, 503, True)),
     (errors.ShuttingDown, WireStatus(grpc.StatusCode.UNAVAILABLE, 503, True)),
+    (errors.MemoryLimited, WireStatus(grpc.StatusCode.UNAVAILABLE, 503, True)),
     (errors.RetryableError, WireStatus(grpc.StatusCode.UNAVAILABLE, 503, True)),
 )
 

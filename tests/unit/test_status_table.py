@@ -22,6 +22,7 @@ EXPECTED = [
     (errors.PermanentError("other permanent"), C.INVALID_ARGUMENT, 400, False),
     (errors.QueueFull("full"), C.UNAVAILABLE, 503, True),
     (errors.ShuttingDown("draining"), C.UNAVAILABLE, 503, True),
+    (errors.MemoryLimited("memory"), C.UNAVAILABLE, 503, True),
     (errors.RetryableError("later"), C.UNAVAILABLE, 503, True),
     (RuntimeError("bug"), C.UNAVAILABLE, 503, True),
     (ValueError("bug"), C.UNAVAILABLE, 503, True),
@@ -36,7 +37,7 @@ def test_row(error: BaseException, code: grpc.StatusCode, http: int, retry: bool
 def test_every_row_is_pinned() -> None:
     pinned = {type(e) for e, *_ in EXPECTED}
     assert {t for t, _ in STATUS_TABLE} <= pinned
-    assert len(STATUS_TABLE) == 10  # a new row needs a new line in EXPECTED
+    assert len(STATUS_TABLE) == 11  # a new row needs a new line in EXPECTED
 
 
 def test_unexpected_is_retryable_never_500() -> None:
