@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -34,9 +37,11 @@ log = logging.getLogger(__name__)
 
 ContentFormat = Literal["protobuf", "json"]
 
-# Advice given to clients when the ring is full: the exporter drains a ring in well under a second
-# when the backend keeps up, so one second is the smallest useful hint the wire formats allow.
+# Advice given to clients when the ring is full (see QueueFullHint): the exporter drains a ring in
+# well under a second when the backend keeps up, so one second (the smallest hint the wire formats
+# allow) is the first hint; it doubles as the queue stays full, up to the cap.
 QUEUE_FULL_RETRY_AFTER = 1.0
+QUEUE_FULL_RETRY_AFTER_MAX = 30.0
 SHUTTING_DOWN_RETRY_AFTER = 1.0
 
 # JSON names of Export*PartialSuccess.rejected_* (OTLP/JSON uses lowerCamelCase).
@@ -79,6 +84,43 @@ def response_json(signal: Signal, rejected: int = 0, error_message: str = "") ->
     if error_message:
         partial["errorMessage"] = error_message
     return json.dumps({"partialSuccess": partial}, separators=(",", ":")).encode()
+
+
+class QueueFullHint:
+    """The Retry-After / RetryInfo delay for "queue full": honest and cheap.
+
+    The ring only stays full when the exporter cannot drain it (backend down or slower than the
+    clients), and an outage that has lasted T seconds is likely to last about as long again. So
+    the hint is 1 s while the queue has been full for under a second, then doubles with the time
+    it has been full without a successful write (1, 2, 4, 8, 16, 30 s cap), times a jitter factor
+    in [0.5, 1.5) so refused clients come back spread out rather than all at once. Any successful
+    write (the exporter freed room) resets it. Per worker, no I/O, one clock read per refusal;
+    the transports round it to whole seconds (at least 1).
+    """
+
+    __slots__ = ("_clock", "_rand", "_since")
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, rand: Callable[[], float] = random.random
+    ) -> None:
+        self._clock = clock
+        self._rand = rand
+        self._since: float | None = None
+
+    def refused(self) -> float:
+        """A write was refused: the delay to advise, in seconds."""
+        now = self._clock()
+        if self._since is None:
+            self._since = now
+        full_for = now - self._since
+        base = min(
+            QUEUE_FULL_RETRY_AFTER_MAX, QUEUE_FULL_RETRY_AFTER * 2 ** math.floor(math.log2(1 + full_for))
+        )
+        return min(QUEUE_FULL_RETRY_AFTER_MAX, base * (0.5 + self._rand()))
+
+    def accepted(self) -> None:
+        """A write succeeded: the queue drains again."""
+        self._since = None
 
 
 class _Series:
@@ -129,6 +171,7 @@ class ExportService:
         self._closed = False
         self._series: dict[tuple[Signal, str], _Series] = {}
         self._full_log = RateLimitedLogger(log)
+        self._full_hint = QueueFullHint()
         # Empty responses are the common case: build them once.
         self._empty = {(signal, "protobuf"): response_bytes(signal) for signal in SIGNALS} | {
             (signal, "json"): b"{}" for signal in SIGNALS
@@ -218,6 +261,10 @@ class ExportService:
                     retry_after=SHUTTING_DOWN_RETRY_AFTER,
                 )
             ok = self._ring.try_write(signal, accepted, payload)
+            if ok:
+                self._full_hint.accepted()
+            else:
+                retry_after = self._full_hint.refused()
         if not ok:
             self._full_log.warning(
                 "queue_full",
@@ -226,5 +273,5 @@ class ExportService:
                 accepted,
             )
             raise errors.QueueFull(
-                "queue full: the server is overloaded, retry later", retry_after=QUEUE_FULL_RETRY_AFTER
+                "queue full: the server is overloaded, retry later", retry_after=retry_after
             )
