@@ -7,8 +7,10 @@ decoded or re-encoded.
 
 A batch closes when it reaches `batch_size` items or `max_bytes` bytes, or `timeout` seconds after
 its first record. A record that would push a non-empty batch over either limit closes that batch
-first and starts the next one; a record bigger than a limit on its own is sent alone (records are
-never split). The batcher is a plain data structure: the caller owns the clock and the threads.
+first and starts the next one; a record bigger than a limit on its own is sent alone (the batcher
+never splits records; only a backend's "too large" answer does, see `split.py`). `max_bytes`
+(OTLP_BATCH_MAX_BYTES, default 3 MiB) keeps batches below the common 4 MiB gRPC receive limit.
+The batcher is a plain data structure: the caller owns the clock and the threads.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Batch(Generic[T]):
     signal: Signal
     opened_at: float
     payloads: list[bytes] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)  # items per payload (to split the batch)
     tokens: list[T] = field(default_factory=list)
     items: int = 0
     nbytes: int = 0
@@ -36,6 +39,10 @@ class Batch(Generic[T]):
     def payload(self) -> bytes:
         """The merged Export*ServiceRequest."""
         return self.payloads[0] if len(self.payloads) == 1 else b"".join(self.payloads)
+
+    def parts(self) -> list[tuple[bytes, int]]:
+        """(payload, item count) per record, oldest first: the units a too-large batch splits into."""
+        return list(zip(self.payloads, self.counts, strict=True))
 
 
 class Batcher(Generic[T]):
@@ -64,6 +71,7 @@ class Batcher(Generic[T]):
         if batch is None:
             batch = self._open[signal] = Batch(signal, self._clock())
         batch.payloads.append(payload)
+        batch.counts.append(item_count)
         batch.tokens.append(token)
         batch.items += item_count
         batch.nbytes += len(payload)

@@ -10,6 +10,13 @@ receivers refuse, which is the backpressure), close timed-out batches, hand clos
 senders, and when nothing happened wait on an Event with a timeout growing from 1 ms to 20 ms
 (sends completing and signals set the Event, so idle CPU is near zero and latency stays low).
 
+Backend trouble: each attempt passes a `SendWindow` (congestion.py: one attempt at a time after a
+retryable failure, doubling per success up to export_concurrency, so a recovered backend is not hit
+by every thread at once); a "too large" answer splits the batch (split.py); permanent failures are
+dropped and counted in otlp_exporter_send_failed_*_total{reason}; partial_success rejections in
+otlp_exporter_backend_rejected_*_total. A batch's records are committed only after every part of
+it was acknowledged or given up.
+
 SIGTERM/SIGINT only set an Event. Draining then reads on until every ring is empty, flushes open
 batches at once and returns 0 when nothing is pending; past settings.shutdown_timeout it aborts
 retries and returns ExitCode.SHUTDOWN_TIMEOUT if anything is left uncommitted (it stays in the
@@ -29,10 +36,12 @@ from dataclasses import dataclass
 
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
+from otlp_ingest.exporter import congestion
 from otlp_ingest.exporter.batcher import Batch, Batcher
 from otlp_ingest.exporter.pending import PendingEntry, PendingRing
 from otlp_ingest.exporter.retry import RetryAborted, RetryPolicy, call_with_retry
 from otlp_ingest.exporter.sender import Sender, SendError, SendResult
+from otlp_ingest.exporter.split import REASONS, SendReport, send_batch
 from otlp_ingest.otlp.signals import SIGNALS, Signal
 from otlp_ingest.ring import Record, RingCorrupt, RingReader
 from otlp_ingest.telemetry import metrics
@@ -67,9 +76,7 @@ def build_sender(settings: Settings) -> Sender:
 @dataclass(slots=True)
 class _Outcome:
     batch: Batch[PendingEntry[Record]]
-    result: SendResult | None  # None: failed or aborted
-    error: SendError | None
-    aborted: bool = False
+    report: SendReport | None  # None: aborted (shutdown deadline), nothing may be committed
 
 
 class _SendPool:
@@ -84,8 +91,10 @@ class _SendPool:
         abort: threading.Event,
         wake: threading.Event,
         exporter: str,
+        window: congestion.SendWindow,
     ) -> None:
         self._sender = sender
+        self._window = window
         self._policy = policy
         self._abort = abort
         self._wake = wake
@@ -112,20 +121,27 @@ class _SendPool:
 
     def _send(self, batch: Batch[PendingEntry[Record]]) -> _Outcome:
         name = SIGNALS[batch.signal].name
-        payload = batch.payload()
         duration = metrics.EXPORT_DURATION.labels(self._exporter, name)
 
-        def attempt() -> SendResult:
+        def attempt(payload: bytes) -> SendResult:
+            self._window.acquire()  # raises RetryAborted at the shutdown deadline
             start = time.perf_counter()
+            outcome = congestion.OTHER
             try:
-                return self._sender.send(batch.signal, payload)
-            except SendError:
+                result = self._sender.send(batch.signal, payload)
+                outcome = congestion.OK
+                return result
+            except SendError as error:
+                if error.retryable:
+                    outcome = congestion.RETRY
                 raise
             except Exception as error:  # a bug or an odd library error: retry rather than drop
                 log.exception("unexpected error sending %s batch", name)
+                outcome = congestion.RETRY
                 raise SendError(f"unexpected: {error!r}", retryable=True) from error
             finally:
                 duration.observe(time.perf_counter() - start)
+                self._window.release(outcome)
 
         def on_retry(error: SendError, delay: float) -> None:
             metrics.EXPORTER_SEND_RETRIES.labels(self._exporter, name).inc()
@@ -133,12 +149,13 @@ class _SendPool:
                 f"retry-{name}", "sending %s batch failed, retrying in %.2fs: %s", name, delay, error.message
             )
 
+        def send(payload: bytes) -> SendResult:
+            return call_with_retry(lambda: attempt(payload), self._policy, self._abort, on_retry)
+
         try:
-            return _Outcome(batch, call_with_retry(attempt, self._policy, self._abort, on_retry), None)
+            return _Outcome(batch, send_batch(batch.signal, batch.parts(), send))
         except RetryAborted:
-            return _Outcome(batch, None, None, aborted=True)
-        except SendError as error:
-            return _Outcome(batch, None, error)
+            return _Outcome(batch, None)
 
 
 class _Exporter:
@@ -159,6 +176,7 @@ class _Exporter:
         self.max_in_flight = max(1, settings.export_concurrency)
         # Closed batches allowed to wait for a sender before we stop reading the rings.
         self.max_ready = self.max_in_flight * 2
+        self.window = congestion.SendWindow(self.max_in_flight)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop.set()
@@ -185,6 +203,7 @@ class _Exporter:
             self.abort,
             self.wake,
             self.label,
+            self.window,
         )
         log.info(
             "exporter %s reading %s, sending to %s",
@@ -279,31 +298,11 @@ class _Exporter:
             except queue.Empty:
                 break
             self.in_flight -= 1
-            if outcome.aborted:
-                continue  # left uncommitted: the next exporter re-reads it
+            report = outcome.report
+            if report is None:
+                continue  # aborted: left uncommitted, the next exporter re-reads it
             batch = outcome.batch
-            name = SIGNALS[batch.signal].name
-            if outcome.result is not None:
-                metrics.EXPORTER_SENT[batch.signal].labels(self.label).inc(batch.items)
-                metrics.EXPORTER_BATCH_ITEMS.labels(self.label, name).observe(batch.items)
-                if outcome.result.rejected or outcome.result.error_message:
-                    limited.warning(
-                        f"partial-{name}",
-                        "backend rejected %d of %d %s: %s",
-                        outcome.result.rejected,
-                        batch.items,
-                        SIGNALS[batch.signal].item_noun,
-                        outcome.result.error_message,
-                    )
-            else:
-                metrics.EXPORTER_SEND_FAILED[batch.signal].labels(self.label).inc(batch.items)
-                limited.error(
-                    f"failed-{name}",
-                    "dropping %s batch of %d items: %s",
-                    name,
-                    batch.items,
-                    outcome.error.message if outcome.error else "?",
-                )
+            self._count(batch, report)
             for entry in batch.tokens:
                 entry.done = True
                 touched.add(entry.ring)
@@ -314,8 +313,45 @@ class _Exporter:
                 self.readers[ring].commit(committable[-1])
         return bool(touched)
 
+    def _count(self, batch: Batch[PendingEntry[Record]], report: SendReport) -> None:
+        signal = batch.signal
+        name = SIGNALS[signal].name
+        noun = SIGNALS[signal].item_noun
+        if report.sent:
+            metrics.EXPORTER_SENT[signal].labels(self.label).inc(report.sent)
+            metrics.EXPORTER_BATCH_ITEMS.labels(self.label, name).observe(batch.items)
+        if report.splits:
+            limited.warning(
+                f"split-{name}",
+                "backend said too large: split a %s batch of %d items %d times",
+                name,
+                batch.items,
+                report.splits,
+            )
+        if report.rejected or report.rejected_message:
+            metrics.EXPORTER_BACKEND_REJECTED[signal].labels(self.label).inc(report.rejected)
+            limited.warning(
+                f"partial-{name}",
+                "backend rejected %d of %d %s: %s",
+                report.rejected,
+                batch.items,
+                noun,
+                report.rejected_message,
+            )
+        for reason, items in report.failed.items():
+            metrics.EXPORTER_SEND_FAILED[signal].labels(self.label, reason).inc(items)
+            limited.error(
+                f"failed-{name}-{reason}",
+                "dropping %d %s (%s): %s",
+                items,
+                noun,
+                reason,
+                report.failure_message,
+            )
+
     def _give_up(self) -> int:
         self.abort.set()
+        self.window.close()
         left = sum(len(p) for p in self.pending)
         log.error(
             "exporter %s: shutdown timeout with %d records uncommitted (kept in the ring)", self.label, left
@@ -339,5 +375,7 @@ def _create_series(label: str) -> None:
     alert and dashboard ratios (failed / sent) are empty, not 0, while a series is missing."""
     for signal, info in SIGNALS.items():
         metrics.EXPORTER_SENT[signal].labels(label)
-        metrics.EXPORTER_SEND_FAILED[signal].labels(label)
+        metrics.EXPORTER_BACKEND_REJECTED[signal].labels(label)
+        for reason in REASONS:
+            metrics.EXPORTER_SEND_FAILED[signal].labels(label, reason)
         metrics.EXPORTER_SEND_RETRIES.labels(label, info.name)

@@ -6,6 +6,8 @@ Per the OTLP specification (opentelemetry-proto docs/specification.md, "Failures
   DATA_LOSS, and RESOURCE_EXHAUSTED *only* when the server attached `google.rpc.RetryInfo`
   (without it, RESOURCE_EXHAUSTED means "too large" and retrying cannot help).
 - HTTP retryable statuses: 429, 502, 503, 504. Everything else >= 400 is permanent.
+- "Too large" (HTTP 413, RESOURCE_EXHAUSTED without RetryInfo) is permanent *as sent*; the error
+  says so (`SendError.too_large`) and the exporter splits the batch (`split.py`).
 - The server's hint wins: RetryInfo.retry_delay (from the `grpc-status-details-bin` trailer, a
   serialized `google.rpc.Status`) or `Retry-After` (delay-seconds or an HTTP-date).
 - Otherwise exponential backoff with full jitter: uniform(0, min(max, initial * 2**attempt)).
@@ -81,11 +83,15 @@ def grpc_send_error(
 ) -> SendError:
     """Classify a failed gRPC call."""
     delay = grpc_retry_delay(trailing_metadata)
+    too_large = False
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         retryable = delay is not None
+        too_large = not retryable  # without RetryInfo it means "message too large"
     else:
         retryable = code in RETRYABLE_GRPC_CODES
-    return SendError(f"gRPC {code.name}: {details or ''}", retryable=retryable, retry_after=delay)
+    return SendError(
+        f"gRPC {code.name}: {details or ''}", retryable=retryable, retry_after=delay, too_large=too_large
+    )
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -112,6 +118,7 @@ def http_send_error(status: int, retry_after: str | None, body_snippet: str = ""
         f"HTTP {status}: {body_snippet[:200]}",
         retryable=status in RETRYABLE_HTTP_STATUSES,
         retry_after=parse_retry_after(retry_after),
+        too_large=status == 413,
     )
 
 

@@ -26,14 +26,19 @@ class SendError(Exception):
     """A failed send attempt.
 
     `retryable` follows the OTLP specification's table (see `retry.py`); `retry_after` is the
-    server's hint in seconds (gRPC RetryInfo, HTTP Retry-After) or None.
+    server's hint in seconds (gRPC RetryInfo, HTTP Retry-After) or None. `too_large` marks the
+    backend's "request too large" (HTTP 413, gRPC RESOURCE_EXHAUSTED without RetryInfo): not
+    retryable as sent, but the exporter splits the batch and sends the halves (`split.py`).
     """
 
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, retry_after: float | None = None, too_large: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+        self.too_large = too_large
 
 
 class Sender(Protocol):

@@ -72,9 +72,17 @@ EXPORTER_SENT = _per_signal(
     "Items ({noun}) acknowledged by the backend or written to the file sink.",
     ("exporter",),
 )
+# `reason` (exporter/split.py REASONS): permanent (the backend rejected the data: HTTP 400/4xx,
+# INVALID_ARGUMENT), retries_exhausted (retryable failures past OTLP_RETRY_MAX_ELAPSED), too_large
+# (a single item over the backend's size limit even after splitting). Sum over reason for totals.
 EXPORTER_SEND_FAILED = _per_signal(
     "otlp_exporter_send_failed",
-    "Items ({noun}) given up on: permanent backend rejection or retries exhausted.",
+    "Items ({noun}) given up on and dropped, by reason (permanent, retries_exhausted, too_large).",
+    ("exporter", "reason"),
+)
+EXPORTER_BACKEND_REJECTED = _per_signal(
+    "otlp_exporter_backend_rejected",
+    "Items ({noun}) the backend acknowledged but reported as rejected in partial_success.",
     ("exporter",),
 )
 EXPORTER_SEND_RETRIES = Counter(

@@ -156,9 +156,7 @@ def test_http_503_retry_after_is_honoured(
         exact_once(current["keys"], log_keys(0, 4))
 
 
-@pytest.mark.parametrize(
-    ("protocol", "code"), [("http/protobuf", "http_400"), ("grpc", "resource_exhausted")]
-)
+@pytest.mark.parametrize(("protocol", "code"), [("http/protobuf", "http_400"), ("grpc", "invalid")])
 def test_permanent_failure_drops_counts_and_commits(
     protocol: str, code: str, rings: Rings, exporters: list[ExporterProcess], tmp_path: Path
 ) -> None:
@@ -168,6 +166,7 @@ def test_permanent_failure_drops_counts_and_commits(
         endpoint = backend.grpc_endpoint if protocol == "grpc" else backend.http_endpoint
         e = start(exporters, tmp_path, [name], endpoint=endpoint, export_protocol=protocol)
         wait_until(lambda: ring_empty(name), 10, "dropped batch committed")
+        assert e.counter("otlp_exporter_send_failed_spans", exporter="0", reason="permanent") == 7
         assert e.counter("otlp_exporter_send_failed_spans", exporter="0") == 7
         assert backend.records()["traces"]["failed"] == 1
         # The exporter carries on with later data.

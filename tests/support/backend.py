@@ -36,6 +36,9 @@ class RecordingBackend:
         delay_ms: float = 0.0,
         retry_after_s: float = 1.0,
         start_timeout: float = 15.0,
+        max_items: int = 0,
+        fail_every: int = 0,
+        partial_reject: int = 0,
         tls_cert: str | None = None,
         tls_key: str | None = None,
         tls_client_ca: str | None = None,
@@ -51,6 +54,9 @@ class RecordingBackend:
             str(delay_ms),
             "--retry-after-s",
             str(retry_after_s),
+            *("--max-items", str(max_items)),
+            *("--fail-every", str(fail_every)),
+            *("--partial-reject", str(partial_reject)),
         ]
         for flag, value in (
             ("--tls-cert", tls_cert),
@@ -120,7 +126,8 @@ class RecordingBackend:
         return response.json()
 
     def control(self, **kwargs: Any) -> None:
-        """Change fault injection: fail_next, fail_code, delay_ms, retry_after_s."""
+        """Change fault injection: fail_next, fail_code, delay_ms, retry_after_s, max_items,
+        fail_every, partial_reject (see recording_backend.py)."""
         response = self._session.post(f"{self.http_endpoint}/_control", json=kwargs, timeout=10)
         response.raise_for_status()
 

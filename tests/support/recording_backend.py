@@ -3,6 +3,7 @@
     python tests/support/recording_backend.py --port-file PATH [--fail-first N]
         [--fail-code unavailable|invalid|resource_exhausted|http_503|http_400]
         [--delay-ms M] [--retry-after-s S] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
+        [--max-items N] [--fail-every K] [--partial-reject R]
 
 Listens on ephemeral ports on 127.0.0.1: OTLP/gRPC (grpcio, raw-bytes generic handlers for the
 three Export methods) and HTTP (http.server: OTLP/HTTP protobuf `POST /v1/traces|metrics|logs`,
@@ -11,12 +12,16 @@ gzip accepted, plus the control API). Once both listen it writes
 
 Control API on the HTTP port:
 - `GET /_records` -> `{"traces": {"requests": n, "items": n, "failed": n, "max_request_items": n,
-  "keys": {key: count}}, "metrics": {...}, "logs": {...}}`. `requests` counts accepted requests,
-  `failed` injected failures, `max_request_items` the largest accepted request. Item keys:
+  "max_request_bytes": n, "too_large": n, "order": [key, ...], "keys": {key: count}},
+  "metrics": {...}, "logs": {...}}`. `requests` counts accepted requests, `failed` injected
+  failures (too_large included), `too_large` the requests refused by `max_items`,
+  `max_request_items`/`max_request_bytes` the largest accepted request, `order` every accepted
+  key in arrival order. Item keys:
   span = trace_id hex + ":" + span_id hex; log record = body string + ":" + time_unix_nano;
   metric point = metric name + ":" + time_unix_nano + ":" + sorted attributes k=v joined by ",".
-- `POST /_control` JSON `{"fail_next": N, "fail_code": "...", "delay_ms": M, "retry_after_s": S}`
-  (each key optional) changes fault injection; `POST /_reset` clears the records.
+- `POST /_control` JSON `{"fail_next": N, "fail_code": "...", "delay_ms": M, "retry_after_s": S,
+  "max_items": N, "fail_every": K, "partial_reject": R}` (each key optional) changes fault
+  injection; `POST /_reset` clears the records.
 
 Faults (the next N export requests, any signal or transport, fail):
 - unavailable / http_503: gRPC UNAVAILABLE with google.rpc.RetryInfo(retry_after_s) in the
@@ -24,6 +29,11 @@ Faults (the next N export requests, any signal or transport, fail):
   seconds allowed here so tests stay fast).
 - invalid / http_400: gRPC INVALID_ARGUMENT; HTTP 400 with a google.rpc.Status body.
 - resource_exhausted: gRPC RESOURCE_EXHAUSTED without RetryInfo; HTTP 413.
+
+More faults: `fail_every` K > 0 fails every K-th export request with `fail_code` (K=2: a
+flapping backend); `max_items` N > 0 answers "too large" (RESOURCE_EXHAUSTED without RetryInfo /
+413) to any request with more than N items; `partial_reject` R > 0 accepts and records every
+request but answers partial_success with rejected = min(R, items) and an error message.
 
 Independent of otlp_ingest on purpose: it only uses opentelemetry-proto, grpcio and the standard
 library, so it judges the server from the outside.
@@ -112,18 +122,40 @@ def item_keys(signal: str, request: Any) -> list[str]:
 class Recorder:
     """Thread-safe records and fault-injection state shared by both transports."""
 
-    def __init__(self, fail_next: int, fail_code: str, delay_ms: float, retry_after_s: float) -> None:
+    def __init__(
+        self,
+        fail_next: int,
+        fail_code: str,
+        delay_ms: float,
+        retry_after_s: float,
+        max_items: int = 0,
+        fail_every: int = 0,
+        partial_reject: int = 0,
+    ) -> None:
         self.lock = threading.Lock()
         self.fail_next = fail_next
         self.fail_code = fail_code
         self.delay_ms = delay_ms
         self.retry_after_s = retry_after_s
+        self.max_items = max_items
+        self.fail_every = fail_every
+        self.partial_reject = partial_reject
+        self.calls = 0
         self.reset()
 
     def reset(self) -> None:
         with self.lock:
             self.records = {
-                name: {"requests": 0, "items": 0, "failed": 0, "max_request_items": 0, "keys": Counter()}
+                name: {
+                    "requests": 0,
+                    "items": 0,
+                    "failed": 0,
+                    "too_large": 0,
+                    "max_request_items": 0,
+                    "max_request_bytes": 0,
+                    "order": [],
+                    "keys": Counter(),
+                }
                 for name in SIGNALS
             }
 
@@ -139,14 +171,21 @@ class Recorder:
                 self.delay_ms = float(doc["delay_ms"])
             if "retry_after_s" in doc:
                 self.retry_after_s = float(doc["retry_after_s"])
+            for key in ("max_items", "fail_every", "partial_reject"):
+                if key in doc:
+                    setattr(self, key, int(doc[key]))
 
     def begin(self, signal: str) -> tuple[str | None, float]:
         """Called once per export request: (fault code or None, retry_after_s). Applies the delay."""
         with self.lock:
             delay = self.delay_ms
             fault = None
+            self.calls += 1
             if self.fail_next > 0:
                 self.fail_next -= 1
+                fault = self.fail_code
+                self.records[signal]["failed"] += 1
+            elif self.fail_every > 0 and self.calls % self.fail_every == 0:
                 fault = self.fail_code
                 self.records[signal]["failed"] += 1
             retry_after = self.retry_after_s
@@ -154,21 +193,49 @@ class Recorder:
             time.sleep(delay / 1000.0)  # the backend's simulated latency; test-only code
         return fault, retry_after
 
-    def record(self, signal: str, request: Any) -> None:
+    def record(self, signal: str, request: Any, nbytes: int) -> tuple[bool, int]:
+        """Record an accepted request: (accepted, partial_success rejected count). Not accepted
+        (too many items for `max_items`): nothing is recorded, answer "too large"."""
         keys = item_keys(signal, request)
         with self.lock:
             entry = self.records[signal]
+            if 0 < self.max_items < len(keys):
+                entry["failed"] += 1
+                entry["too_large"] += 1
+                return False, 0
             entry["requests"] += 1
             entry["items"] += len(keys)
             entry["max_request_items"] = max(entry["max_request_items"], len(keys))
+            entry["max_request_bytes"] = max(entry["max_request_bytes"], nbytes)
+            entry["order"].extend(keys)
             entry["keys"].update(keys)
+            return True, min(self.partial_reject, len(keys))
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
-                name: {**{k: v for k, v in entry.items() if k != "keys"}, "keys": dict(entry["keys"])}
+                name: {
+                    **{k: v for k, v in entry.items() if k not in ("keys", "order")},
+                    "keys": dict(entry["keys"]),
+                    "order": list(entry["order"]),
+                }
                 for name, entry in self.records.items()
             }
+
+
+_REJECTED_FIELD = {
+    "traces": "rejected_spans",
+    "metrics": "rejected_data_points",
+    "logs": "rejected_log_records",
+}
+
+
+def _response(name: str, response_type: Any, rejected: int) -> bytes:
+    response = response_type()
+    if rejected:
+        setattr(response.partial_success, _REJECTED_FIELD[name], rejected)
+        response.partial_success.error_message = f"injected: rejected {rejected}"
+    return response.SerializeToString()
 
 
 def _grpc_fault(context: grpc.ServicerContext, fault: str, retry_after: float) -> None:
@@ -200,8 +267,10 @@ def _grpc_handler(recorder: Recorder) -> grpc.GenericRpcHandler:
                 message = request_type.FromString(request)
             except Exception:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "payload does not decode")
-            recorder.record(name, message)
-            return response_type().SerializeToString()
+            accepted, rejected = recorder.record(name, message, len(request))
+            if not accepted:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many items (max_items)")
+            return _response(name, response_type, rejected)
 
         # No (de)serializers: requests arrive as bytes, like any OTLP receiver sees them.
         return grpc.unary_unary_rpc_method_handler(export)
@@ -290,8 +359,11 @@ def _http_handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
             except Exception:
                 self._status(400, code_pb2.INVALID_ARGUMENT, "payload does not decode")
                 return
-            recorder.record(name, message)
-            self._reply(200, response_type().SerializeToString(), "application/x-protobuf")
+            accepted, rejected = recorder.record(name, message, len(body))
+            if not accepted:
+                self._status(413, code_pb2.RESOURCE_EXHAUSTED, "too many items (max_items)")
+                return
+            self._reply(200, _response(name, response_type, rejected), "application/x-protobuf")
 
     return Handler
 
@@ -303,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-code", choices=FAIL_CODES, default="unavailable")
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--retry-after-s", type=float, default=1.0)
+    parser.add_argument("--max-items", type=int, default=0, help="'too large' above N items (0: off)")
+    parser.add_argument("--fail-every", type=int, default=0, help="fail every K-th request (0: off)")
+    parser.add_argument("--partial-reject", type=int, default=0, help="partial_success rejected count")
     parser.add_argument("--tls-cert", help="serve TLS on both ports with this PEM certificate")
     parser.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     parser.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
@@ -310,7 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         parser.error("--tls-cert and --tls-key go together; --tls-client-ca needs both")
 
-    recorder = Recorder(args.fail_first, args.fail_code, args.delay_ms, args.retry_after_s)
+    recorder = Recorder(
+        args.fail_first,
+        args.fail_code,
+        args.delay_ms,
+        args.retry_after_s,
+        args.max_items,
+        args.fail_every,
+        args.partial_reject,
+    )
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16),
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],

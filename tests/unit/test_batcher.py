@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from otlp_ingest.exporter.batcher import Batcher
 from otlp_ingest.exporter.pending import PendingRing
+from otlp_ingest.exporter.retry import RetriesExhausted
+from otlp_ingest.exporter.sender import SendError, SendResult
+from otlp_ingest.exporter.split import count_items, send_batch, split_request
 from otlp_ingest.otlp.signals import Signal
 
 
@@ -97,3 +101,127 @@ def test_pending_commits_only_the_done_prefix_in_order() -> None:
     b.done = True
     assert pending.pop_committable() == ["b", "c"]
     assert len(pending) == 0
+
+
+# -- splitting a batch the backend called too large (exporter/split.py) --------------------------
+
+
+def span_ids(payload: bytes) -> list[int]:
+    request = trace_service_pb2.ExportTraceServiceRequest.FromString(payload)
+    return [
+        int.from_bytes(s.span_id, "big")
+        for rs in request.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+    ]
+
+
+class MaxItemsBackend:
+    """The Sender seam: 'too large' above `max_items` spans, else records the span ids."""
+
+    def __init__(self, max_items: int, fail: SendError | None = None, rejected: int = 0) -> None:
+        self.max_items = max_items
+        self.fail = fail
+        self.rejected = rejected
+        self.received: list[int] = []
+        self.calls = 0
+
+    def __call__(self, payload: bytes) -> SendResult:
+        self.calls += 1
+        ids = span_ids(payload)
+        if len(ids) > self.max_items:
+            raise SendError("HTTP 413", retryable=False, too_large=True)
+        if self.fail is not None:
+            raise self.fail
+        self.received.extend(ids)
+        return SendResult(self.rejected, "some rejected" if self.rejected else "")
+
+
+def test_split_request_at_resource_then_scope_then_items() -> None:
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    for r in range(3):
+        request.resource_spans.add().scope_spans.add().spans.add(span_id=r.to_bytes(8, "big"))
+    halves = split_request(Signal.TRACES, request.SerializeToString())
+    assert halves is not None
+    assert [span_ids(p) for p, _ in halves] == [[0], [1, 2]]
+    assert [n for _, n in halves] == [1, 2]
+    # One resource, two scopes: the resource (attributes) is copied into both halves.
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "svc"
+    for s in range(2):
+        rs.scope_spans.add().spans.add(span_id=s.to_bytes(8, "big"))
+    halves = split_request(Signal.TRACES, request.SerializeToString())
+    assert halves is not None
+    for payload, _ in halves:
+        part = trace_service_pb2.ExportTraceServiceRequest.FromString(payload)
+        assert part.resource_spans[0].resource.attributes[0].value.string_value == "svc"
+    # One scope: the spans split; one span: nothing to split.
+    assert [span_ids(p) for p, _ in split_request(Signal.TRACES, spans_request(0, 5)) or ()] == [
+        [0, 1],
+        [2, 3, 4],
+    ]
+    assert split_request(Signal.TRACES, spans_request(0, 1)) is None
+
+
+def test_split_a_single_metric_by_data_points() -> None:
+    request = metrics_service_pb2.ExportMetricsServiceRequest()
+    metric = request.resource_metrics.add().scope_metrics.add().metrics.add(name="m")
+    for i in range(4):
+        metric.sum.data_points.add(as_int=i)
+    halves = split_request(Signal.METRICS, request.SerializeToString())
+    assert halves is not None
+    parts = [metrics_service_pb2.ExportMetricsServiceRequest.FromString(p) for p, _ in halves]
+    assert [
+        [p.as_int for p in r.resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points] for r in parts
+    ] == [
+        [0, 1],
+        [2, 3],
+    ]
+    assert all(r.resource_metrics[0].scope_metrics[0].metrics[0].name == "m" for r in parts)
+    assert count_items(Signal.METRICS, request) == 4
+
+
+def test_too_large_batch_splits_at_records_then_items_in_order() -> None:
+    # Four records of 3 spans; the backend takes at most 2 spans per request.
+    parts = [(spans_request(i * 3, 3), 3) for i in range(4)]
+    backend = MaxItemsBackend(max_items=2)
+    report = send_batch(Signal.TRACES, parts, backend)
+    assert backend.received == list(range(12))  # everything, exactly once, oldest first
+    assert report.sent == 12 and report.failed == {} and report.splits > 0
+
+
+def test_a_single_item_too_large_is_given_up_as_too_large() -> None:
+    parts = [(spans_request(0, 3), 3)]
+    backend = MaxItemsBackend(max_items=0)
+    report = send_batch(Signal.TRACES, parts, backend)
+    assert report.sent == 0
+    assert report.failed == {"too_large": 3}
+
+
+def test_permanent_and_exhausted_failures_are_reported_by_reason() -> None:
+    parts = [(spans_request(0, 3), 3), (spans_request(3, 2), 2)]
+    report = send_batch(Signal.TRACES, parts, MaxItemsBackend(10, SendError("HTTP 400", retryable=False)))
+    assert report.failed == {"permanent": 5}
+    report = send_batch(Signal.TRACES, parts, MaxItemsBackend(10, RetriesExhausted("gave up")))
+    assert report.failed == {"retries_exhausted": 5}
+
+
+def test_partial_success_is_summed_over_parts() -> None:
+    parts = [(spans_request(i * 2, 2), 2) for i in range(3)]
+    report = send_batch(Signal.TRACES, parts, MaxItemsBackend(max_items=2, rejected=1))
+    assert report.sent == 6
+    assert report.rejected == 3  # three requests, one rejected each
+
+
+def test_batches_are_capped_by_bytes_below_the_limit() -> None:
+    one = spans_request(0, 1)
+    batcher: Batcher[int] = Batcher(10_000, 5 * len(one), 1.0, Clock())
+    closed = []
+    for i in range(23):
+        closed += batcher.add(Signal.TRACES, 1, spans_request(i, 1), i)
+    closed += batcher.flush()
+    assert all(b.nbytes <= 5 * len(one) for b in closed)
+    assert sum(b.items for b in closed) == 23
+    assert [t for b in closed for t in b.tokens] == list(range(23))
+    assert all(b.parts() == list(zip(b.payloads, [1] * len(b.payloads), strict=True)) for b in closed)

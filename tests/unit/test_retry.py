@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from otlp_ingest.exporter.congestion import OK, OTHER, RETRY, SendWindow
 from otlp_ingest.exporter.retry import (
     RetriesExhausted,
     RetryAborted,
@@ -22,6 +23,7 @@ from otlp_ingest.exporter.retry import (
     parse_retry_after,
 )
 from otlp_ingest.exporter.sender import SendError
+from otlp_ingest.receiver.export import QueueFullHint
 
 
 def retry_info_trailer(seconds: float) -> tuple[tuple[str, bytes], ...]:
@@ -173,3 +175,61 @@ def test_abort_interrupts_a_long_wait_at_once() -> None:
     with pytest.raises(RetryAborted):
         call_with_retry(failing(errors), RetryPolicy(1, 120, 600), abort)
     assert time.monotonic() - start < 5.0
+
+
+# -- "too large", the send window and the queue-full hint ----------------------------------------
+
+
+def test_too_large_is_flagged_for_splitting() -> None:
+    assert http_send_error(413, None).too_large
+    assert not http_send_error(400, None).too_large
+    assert grpc_send_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "big", None).too_large
+    # With RetryInfo, RESOURCE_EXHAUSTED is a rate limit, not a size problem.
+    assert not grpc_send_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow", retry_info_trailer(1)).too_large
+
+
+def test_send_window_starts_at_one_doubles_on_success_and_collapses_on_retryable_failure() -> None:
+    window = SendWindow(8)
+    sizes = []
+    for outcome in (OK, OK, OK, OK, RETRY, OTHER, OK):
+        window.acquire()
+        window.release(outcome)
+        sizes.append(window.window)
+    assert sizes == [2, 4, 8, 8, 1, 1, 2]
+
+
+def test_send_window_blocks_past_the_window_and_close_wakes_waiters_at_once() -> None:
+    window = SendWindow(4)
+    window.acquire()  # window is 1: a second acquire waits
+    got: list[str] = []
+
+    def second() -> None:
+        try:
+            window.acquire()
+            got.append("acquired")
+        except RetryAborted:
+            got.append("aborted")
+
+    t = threading.Thread(target=second)
+    t.start()
+    t.join(0.2)
+    assert got == []
+    window.close()
+    t.join(2.0)
+    assert got == ["aborted"]
+
+
+def test_queue_full_hint_doubles_while_full_with_jitter_and_resets() -> None:
+    now = [0.0]
+    hint = QueueFullHint(clock=lambda: now[0], rand=lambda: 0.5)  # jitter factor 1.0
+    seen = []
+    for t in (0.0, 0.5, 1.0, 3.0, 7.0, 15.0, 31.0, 600.0):
+        now[0] = t
+        seen.append(hint.refused())
+    assert seen == [1, 1, 2, 4, 8, 16, 30, 30]
+    hint.accepted()
+    now[0] = 601.0
+    assert hint.refused() == 1
+    low = QueueFullHint(clock=lambda: 3.0, rand=lambda: 0.0)
+    high = QueueFullHint(clock=lambda: 3.0, rand=lambda: 0.999)
+    assert low.refused() == 0.5 and 1.49 < high.refused() < 1.5  # spread: [0.5, 1.5) x base
