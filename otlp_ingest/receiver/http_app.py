@@ -8,14 +8,24 @@ chunked bodies are capped too), decompress with the same cap (413), then call th
 `otlp_ingest.status`: 400 carries a `google.rpc.Status` (protobuf or JSON like the request), 503
 carries `Retry-After`. An unexpected exception is logged and answered 503, never a bare 500.
 
+Deadlines: uvicorn bounds neither the time to send headers nor the time to send a body (its
+`timeout_keep_alive` only covers idle connections *between* requests). The worker's protocol
+(`worker.DeadlineHttpToolsProtocol`) closes connections whose headers take longer than
+`http_read_timeout` and stamps the request start into the ASGI scope (`REQUEST_START_EXTENSION`);
+here the body must then be complete by that same deadline, else 408 + `Connection: close`. So a
+chunked body that never ends, or one dribbled a byte at a time, holds a connection for at most
+`http_read_timeout`.
+
 TLS is the listener's business, not the app's: `server_ssl_context` builds the context the worker
 hands to uvicorn (see worker.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+import time
 import traceback
 
 from starlette.applications import Starlette
@@ -39,6 +49,18 @@ _unexpected_log = RateLimitedLogger(log)
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _MEDIA_TYPE = {"protobuf": PROTOBUF, "json": JSON}
+
+# ASGI scope["extensions"] key holding the loop time (time.monotonic) the request's first byte
+# arrived; set by the worker's protocol, absent when the app runs under another server.
+REQUEST_START_EXTENSION = "otlp_ingest.request_start"
+_DEADLINE_EXCEEDED = 4  # google.rpc.Code.DEADLINE_EXCEEDED
+
+
+class BodyTimeout(errors.PermanentError):
+    """The body did not arrive within `http_read_timeout` of the request's start (HTTP 408).
+
+    HTTP-only (gRPC has its own deadlines), so it is answered here rather than in the status table.
+    """
 
 
 def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -106,6 +128,35 @@ def error_response(exc: BaseException, fmt: ContentFormat, context: str = "") ->
     return Response(body, wire.http_status, headers, _MEDIA_TYPE[fmt])
 
 
+def request_deadline(request: Request, read_timeout: float) -> float:
+    """time.monotonic() by which the whole body must have arrived."""
+    started = request.scope.get("extensions", {}).get(REQUEST_START_EXTENSION)
+    if not isinstance(started, float):
+        started = time.monotonic()
+    return started + read_timeout
+
+
+def timeout_response(exc: BodyTimeout, fmt: ContentFormat) -> Response:
+    """408 with a google.rpc.Status (DEADLINE_EXCEEDED); the connection is closed after it."""
+    if fmt == "protobuf":
+        body = status_bytes(_DEADLINE_EXCEEDED, exc.message)
+    else:
+        body = status_json(_DEADLINE_EXCEEDED, exc.message)
+    return Response(body, 408, {"Connection": "close"}, _MEDIA_TYPE[fmt])
+
+
+async def read_body_by(request: Request, limit: int, deadline: float) -> bytes:
+    """`read_body`, refused with BodyTimeout once time.monotonic() passes `deadline`."""
+    remaining = deadline - time.monotonic()
+    try:
+        if remaining <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(remaining):
+            return await read_body(request, limit)
+    except TimeoutError:
+        raise BodyTimeout("request body not received within the read timeout; connection closed") from None
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw (possibly compressed) body, refusing with PayloadTooLarge as soon as it passes
     `limit` bytes: by Content-Length before reading, else while streaming (chunked bodies)."""
@@ -133,6 +184,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 def build_http_app(service: ExportService, settings: Settings) -> Starlette:
     """The Starlette app: three POST routes; 404/405 and any stray exception answered by the table."""
     limit = settings.http_max_body_bytes
+    read_timeout = settings.http_read_timeout
 
     def make_endpoint(signal: Signal):
         async def endpoint(request: Request) -> Response:
@@ -142,9 +194,12 @@ def build_http_app(service: ExportService, settings: Settings) -> Starlette:
             try:
                 fmt = content_format(content_type)
                 encoding = normalize_encoding(headers.get("content-encoding"))
-                body = await read_body(request, limit)
+                body = await read_body_by(request, limit, request_deadline(request, read_timeout))
                 if encoding != "identity":
                     body = decompress(encoding, body, limit)
+            except BodyTimeout as exc:
+                service.record_failure(signal, "http", exc)
+                return timeout_response(exc, fmt)
             except errors.OtlpError as exc:
                 service.record_failure(signal, "http", exc)
                 return error_response(exc, fmt)

@@ -8,6 +8,15 @@ return 0. Everything process-wide is created here, never at import time.
 
 Threads: uvicorn's asyncio (uvloop) loop runs in the main thread; grpc runs its own thread pool.
 
+Hostile clients (docs/hostile-input.md): uvicorn bounds neither how long a client may take to send
+its request headers nor how many connections it holds, so the HTTP listener runs
+`DeadlineHttpToolsProtocol`: a request's headers must arrive within `http_read_timeout` of the
+connection opening (or of the request's first byte on a kept-alive connection), else 408 and
+close; the body deadline that follows is enforced in http_app. Connections beyond
+`http_connection_limit()` are closed at once. uvicorn's own `limit_concurrency` is not used: it
+counts idle connections too and answers 503 without Retry-After, so a flood of idle sockets would
+turn valid requests into refusals the client cannot pace itself by.
+
 TLS (settings.tls_*): both ports serve TLS, or mTLS with a client CA. The PEM files are read here,
 at worker start, and nowhere else: a SIGHUP rolling restart is how rotated certificates (e.g. a
 cert-manager renewal) take effect, one worker at a time and without refusing connections.
@@ -18,22 +27,156 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import uvicorn
 import uvloop
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
 from otlp_ingest.receiver.export import ExportService
 from otlp_ingest.receiver.grpc_service import build_grpc_server, grpc_address
-from otlp_ingest.receiver.http_app import build_http_app, server_ssl_context
+from otlp_ingest.receiver.http_app import REQUEST_START_EXTENSION, build_http_app, server_ssl_context
 from otlp_ingest.ring import RingWriter
+from otlp_ingest.telemetry.logging import RateLimitedLogger
+from otlp_ingest.telemetry.memory import MemoryGate
 
 log = logging.getLogger(__name__)
+_hostile_log = RateLimitedLogger(log)
+
+# File descriptors kept out of the HTTP connection budget: gRPC listener and connections' share is
+# the other half (see http_connection_limit), this covers the ring, logs, pipes and the like.
+_FD_RESERVE = 256
+
+# Request line plus headers of one request. httptools has no limit of its own (it buffers a header
+# value until it ends), so without this a client could send gigabytes of "header" within the
+# deadline. OTLP clients send well under 8 KiB; 64 KiB leaves room for large auth tokens.
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def _plain_response(status: bytes, message: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(message)).encode() + b"\r\nconnection: close\r\n\r\n" + message
+    )
+
+
+_TIMEOUT_RESPONSE = _plain_response(b"408 Request Timeout", b"request headers not received in time\n")
+_HEADERS_TOO_LARGE_RESPONSE = _plain_response(
+    b"431 Request Header Fields Too Large", b"request headers larger than 64 KiB\n"
+)
+
+
+def http_connection_limit() -> int:
+    """Open HTTP connections one worker allows: half of the file descriptors left after a reserve.
+
+    The other half stays for gRPC connections, so a flood of idle HTTP sockets can neither make
+    accept() fail with EMFILE nor starve the gRPC port of descriptors.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 65536
+    return max(16, (soft - _FD_RESERVE) // 2)
+
+
+class DeadlineHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header deadline, a header size cap and a connection cap.
+
+    `read_timeout` and `max_connections` are set on a subclass by `deadline_protocol`, because
+    uvicorn builds protocol instances itself. The deadline runs from the connection opening (or, on
+    a kept-alive connection, from the next request's first byte) until the headers are complete;
+    when it passes, the client gets 408 and the connection is closed. Headers beyond
+    MAX_HEADER_BYTES get 431 and a close. The request's start is put in the ASGI scope so the app
+    holds the body to the same deadline.
+    """
+
+    read_timeout: float = 30.0
+    max_connections: int = 4096
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._request_start = time.monotonic()
+        self._header_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            _hostile_log.warning(
+                "connections",
+                "HTTP connection limit (%d) reached: closing new connections",
+                self.max_connections,
+            )
+            transport.close()
+            return
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Still waiting for the end of the headers after this chunk: all of it was header bytes.
+        # (Checked after feeding so a chunk holding the headers' end and body bytes is not counted.)
+        if self._header_deadline is not None and not self.transport.is_closing():
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                _hostile_log.warning(
+                    "header-size", "HTTP request headers over %d bytes: closing", MAX_HEADER_BYTES
+                )
+                self._cancel_header_deadline()
+                if self.cycle is None or self.cycle.response_complete:
+                    self.transport.write(_HEADERS_TOO_LARGE_RESPONSE)
+                self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_deadline is None:  # a kept-alive connection's next request
+            self._arm_header_deadline()
+        self.scope["extensions"] = {REQUEST_START_EXTENSION: self._request_start}
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_deadline()
+        super().on_headers_complete()
+
+    def _arm_header_deadline(self) -> None:
+        self._request_start = time.monotonic()
+        self._header_bytes = 0
+        self._header_deadline = self.loop.call_later(self.read_timeout, self._header_timeout)
+
+    def _cancel_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _header_timeout(self) -> None:
+        self._header_deadline = None
+        if self.transport.is_closing():
+            return
+        _hostile_log.warning(
+            "header-timeout", "HTTP request headers not received within %.1fs: closing", self.read_timeout
+        )
+        # A pipelined response may still be on its way: only an idle connection gets the 408.
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+def deadline_protocol(settings: Settings) -> type[DeadlineHttpToolsProtocol]:
+    """The protocol class for uvicorn's `http=` with this worker's timeout and connection cap."""
+    return type(
+        "WorkerHttpProtocol",
+        (DeadlineHttpToolsProtocol,),
+        {"read_timeout": settings.http_read_timeout, "max_connections": http_connection_limit()},
+    )
 
 
 def drain_grace(settings: Settings) -> float:
@@ -111,7 +254,8 @@ def _run(
     except Exception as exc:
         log.error("worker %d cannot attach ring %s: %s", worker_index, ring_name, exc)
         return ExitCode.CHILD_BOOT
-    service = ExportService(writer, settings)
+    # The supervisor's memory limiter flag (None without a limit): one byte read per request.
+    service = ExportService(writer, settings, memory=MemoryGate.attach())
     grpc_addr = grpc_address(settings.bind, settings.grpc_port)
     http_addr = grpc_address(settings.bind, settings.http_port)
     try:
@@ -138,7 +282,7 @@ def _run(
     config = uvicorn.Config(
         build_http_app(service, settings),
         loop="uvloop",
-        http="httptools",
+        http=deadline_protocol(settings),
         lifespan="off",
         access_log=False,
         log_config=None,  # the supervisor configured logging for this process
