@@ -68,10 +68,12 @@ _HEX_ID_MESSAGES = frozenset(
 )
 _HEX_ID_FIELDS = frozenset({"trace_id", "span_id", "parent_span_id"})
 
-# Message nesting the decoder accepts (the top-level request is depth 1). upb refuses to *parse*
-# protobuf nested deeper than about 100 messages, so a deeper JSON request would turn into a payload
-# no exporter or backend can read; 100 stays just inside upb's limit (a test pins that).
-MAX_DEPTH = 100
+# Message nesting the decoder accepts (the top-level request is depth 1): exactly what upb parses,
+# the top-level message plus 100 nested ones (upb_DecodeOptions_MaxDepth). Deeper JSON would turn
+# into a payload no exporter or backend can read; a shallower limit made protobuf requests upb
+# accepted (then acknowledged and written by the file sink) unreadable as OTLP/JSON (found by
+# fuzzing mixed array/kvlist nesting; tests/fuzz pins the two limits together).
+MAX_DEPTH = 101
 
 _F = FieldDescriptor
 _INT64_TYPES = frozenset({_F.TYPE_INT64, _F.TYPE_UINT64, _F.TYPE_SINT64, _F.TYPE_FIXED64, _F.TYPE_SFIXED64})

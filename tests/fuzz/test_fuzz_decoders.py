@@ -3,22 +3,29 @@
 logged traceback). Whatever they accept must survive the rest of the pipeline: the payload
 re-validates, and OTLP/JSON written from it decodes back to the same request.
 
+Request decompression (gzip, deflate) is fuzzed the same way: mutated, truncated and random
+bodies give the data within the limit, `InvalidArgument` or `PayloadTooLarge`, nothing else. Deep
+AnyValue nesting (arrays and kvlists, up to 400 levels) must be refused cleanly by both decoders.
+
 Runs in the normal suite with a few examples per test; `make fuzz` sets `OTLP_FUZZ_EXAMPLES`.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from otlp_ingest.errors import InvalidArgument
-from otlp_ingest.otlp.json_codec import decode_json, encode_json, encode_json_from_wire
+from otlp_ingest.errors import InvalidArgument, PayloadTooLarge
+from otlp_ingest.otlp.json_codec import MAX_DEPTH, decode_json, encode_json, encode_json_from_wire
 from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.otlp.validate import count_items, validate_message, validate_protobuf
+from otlp_ingest.receiver.limits import decompress
 from tests.golden import samples
 
 EXAMPLES = int(os.environ.get("OTLP_FUZZ_EXAMPLES", "60"))
@@ -166,3 +173,101 @@ def test_seeds_are_valid(signal: Signal) -> None:
         assert validate_protobuf(signal, body).rejected == 0
     for body in JSON_SEEDS[signal]:
         assert count_items(signal, decode_json(signal, body)) > 0
+
+
+# Nesting: AnyValue inside arrays and kvlists, in protobuf and JSON, at depths around the limits.
+def _ld(field_number: int, payload: bytes) -> bytes:
+    length = len(payload)
+    out = bytearray([field_number << 3 | 2])
+    while True:
+        byte, length = length & 0x7F, length >> 7
+        out.append(byte | (0x80 if length else 0))
+        if not length:
+            return bytes(out) + payload
+
+
+def _nested_bodies(kinds: list[bool]) -> tuple[bytes, bytes]:
+    """(protobuf, OTLP/JSON) one-span request whose attribute nests AnyValues per `kinds`:
+    True = a kvlist level (3 messages), False = an array level (2 messages)."""
+    value_pb = _ld(3, b"leaf")
+    value_js = '{"stringValue":"leaf"}'
+    for kvlist in kinds:
+        if kvlist:
+            value_pb = _ld(6, _ld(1, _ld(1, b"k") + _ld(2, value_pb)))
+            value_js = '{"kvlistValue":{"values":[{"key":"k","value":' + value_js + "}]}}"
+        else:
+            value_pb = _ld(5, _ld(1, value_pb))
+            value_js = '{"arrayValue":{"values":[' + value_js + "]}}"
+    span = samples.build(Signal.TRACES, 1).resource_spans[0].scope_spans[0].spans[0]
+    span_pb = span.SerializeToString() + _ld(9, _ld(1, b"deep") + _ld(2, value_pb))
+    doc = (
+        '{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c",'
+        '"spanId":"eee19b7ec3c1b174","attributes":[{"key":"deep","value":' + value_js + "}]}]}]}]}"
+    )
+    return _ld(1, _ld(2, _ld(2, span_pb))), doc.encode()
+
+
+@FUZZ
+@given(st.lists(st.booleans(), max_size=400))
+def test_nested_anyvalues_decode_or_are_refused(kinds: list[bool]) -> None:
+    # upb and MAX_DEPTH must refuse deep ones cleanly, and agree on what they accept.
+    body_pb, body_json = _nested_bodies(kinds)
+    check_protobuf(Signal.TRACES, body_pb)
+    check_json(Signal.TRACES, body_json)
+
+
+def _accepts(decode, body: bytes) -> bool:
+    try:
+        decode(body)
+    except InvalidArgument:
+        return False
+    return True
+
+
+def test_protobuf_and_json_nesting_limits_are_the_same() -> None:
+    # Request > ResourceSpans > ScopeSpans > Span > KeyValue > AnyValue is 6 messages; every mix of
+    # levels reaching 95..106 messages in total: the two decoders accept exactly the same depths.
+    # (Mixing matters: pure kvlist or pure array nesting skipped the boundary that once differed.)
+    seen = set()
+    for kvlists in range(0, 34):
+        for arrays in range(0, 51):
+            total = 6 + 3 * kvlists + 2 * arrays
+            if not 95 <= total <= 106:
+                continue
+            body_pb, body_json = _nested_bodies([True] * kvlists + [False] * arrays)
+            pb = _accepts(lambda b: validate_protobuf(Signal.TRACES, b), body_pb)
+            js = _accepts(lambda b: decode_json(Signal.TRACES, b), body_json)
+            assert pb == js, (kvlists, arrays, total, pb, js)
+            assert pb == (total <= MAX_DEPTH)
+            seen.add(total)
+    assert seen == set(range(95, 107))
+
+
+# Decompression: whatever the bytes, `decompress` returns at most the limit or raises a client error.
+DECOMPRESS_LIMIT = 64 * 1024
+COMPRESSED_SEEDS = {
+    "gzip": [gzip.compress(SEEDS[Signal.TRACES][1]), gzip.compress(b"\0" * (DECOMPRESS_LIMIT + 1))],
+    "deflate": [zlib.compress(SEEDS[Signal.LOGS][1]), zlib.compress(b"\0" * (DECOMPRESS_LIMIT + 1))],
+}
+
+
+def check_decompress(encoding: str, data: bytes) -> None:
+    try:
+        out = decompress(encoding, data, DECOMPRESS_LIMIT)
+    except (InvalidArgument, PayloadTooLarge):
+        return
+    assert len(out) <= DECOMPRESS_LIMIT
+
+
+@FUZZ
+@given(st.sampled_from(["gzip", "deflate"]), st.integers(0, 1), EDITS, st.integers(0, 1 << 20))
+def test_mutated_compressed_bodies(encoding: str, seed: int, edits: list, cut: int) -> None:
+    data = mutate(COMPRESSED_SEEDS[encoding][seed], edits)
+    check_decompress(encoding, data)
+    check_decompress(encoding, data[: cut % (len(data) + 1)])
+
+
+@FUZZ
+@given(st.sampled_from(["gzip", "deflate"]), st.binary(max_size=256))
+def test_random_bytes_into_decompress(encoding: str, data: bytes) -> None:
+    check_decompress(encoding, data)
