@@ -36,9 +36,16 @@ bench: $(STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-columns=min,median,ops -p no:randomly
 	$(PY) benchmarks/run_e2e.py
 
-## fuzz: the decoders under hypothesis for longer (OTLP_FUZZ_EXAMPLES examples per test)
+## fuzz: the decoders under hypothesis for OTLP_FUZZ_SECONDS (default 300): rounds of OTLP_FUZZ_EXAMPLES
+##       examples per test (default 2000), a fresh seed per round (printed, so a failure can be replayed)
 fuzz: $(STAMP)
-	OTLP_FUZZ_EXAMPLES=$${OTLP_FUZZ_EXAMPLES:-20000} $(PY) -m pytest -q tests/fuzz
+	@end=$$(( $$(date +%s) + $${OTLP_FUZZ_SECONDS:-300} )); round=0; \
+	while [ $$(date +%s) -lt $$end ]; do \
+		round=$$((round + 1)); seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
+		echo "fuzz round $$round, --hypothesis-seed=$$seed"; \
+		OTLP_FUZZ_EXAMPLES=$${OTLP_FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q \
+			--hypothesis-seed=$$seed tests/fuzz || exit 1; \
+	done; echo "fuzz: $$round rounds, no failure"
 
 clean:
 	rm -rf $(VENV) otlp-data .pytest_cache .ruff_cache .benchmarks
