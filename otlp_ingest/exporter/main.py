@@ -46,6 +46,7 @@ from otlp_ingest.otlp.signals import SIGNALS, Signal
 from otlp_ingest.ring import Record, RingCorrupt, RingReader
 from otlp_ingest.telemetry import metrics
 from otlp_ingest.telemetry.logging import RateLimitedLogger
+from otlp_ingest.telemetry.memory import MemoryGate
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLogger(log, interval=10.0)
@@ -367,7 +368,14 @@ def run_exporter(
     Must run in the process's main thread (it installs signal handlers). Everything process-wide
     (ring mappings, grpc channel, threads) is created here, never before.
     """
-    return _Exporter(settings, exporter_index, ring_names).run(notify_ready)
+    # Attached only for its reclaim thread: an exporter keeps tens of MiB of freed heap after a
+    # burst, which would hold the tree above the memory limiter's resume level (telemetry.memory).
+    gate = MemoryGate.attach()
+    try:
+        return _Exporter(settings, exporter_index, ring_names).run(notify_ready)
+    finally:
+        if gate is not None:
+            gate.close()
 
 
 def _create_series(label: str) -> None:

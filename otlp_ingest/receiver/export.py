@@ -43,6 +43,9 @@ ContentFormat = Literal["protobuf", "json"]
 QUEUE_FULL_RETRY_AFTER = 1.0
 QUEUE_FULL_RETRY_AFTER_MAX = 30.0
 SHUTTING_DOWN_RETRY_AFTER = 1.0
+# The limiter samples every 0.2 s and usage falls as soon as in-flight requests finish and the
+# exporters drain: a short hint; clients back off exponentially on repeated refusals anyway.
+MEMORY_RETRY_AFTER = 1.0
 
 # JSON names of Export*PartialSuccess.rejected_* (OTLP/JSON uses lowerCamelCase).
 _JSON_REJECTED_FIELD = {
@@ -61,6 +64,13 @@ class RingWriterLike(Protocol):
     def try_write(self, signal: int, item_count: int, payload: bytes | memoryview) -> bool: ...
 
     def close(self) -> None: ...
+
+
+class MemoryGateLike(Protocol):
+    """The seam to the memory limiter: `otlp_ingest.telemetry.memory.MemoryGate` satisfies it.
+    `state()` is 0 (accept), 1 (refuse) or 2 (refuse, above the hard limit)."""
+
+    def state(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -163,8 +173,11 @@ class ExportService:
     threads and the HTTP event loop call `export` concurrently; ring writes are serialized by a
     lock because the ring has exactly one producer."""
 
-    def __init__(self, ring_writer: RingWriterLike, settings: Settings) -> None:
+    def __init__(
+        self, ring_writer: RingWriterLike, settings: Settings, memory: MemoryGateLike | None = None
+    ) -> None:
         self._ring = ring_writer
+        self._memory = memory
         self._settings = settings
         self._lock = threading.Lock()
         self._draining = False
@@ -215,6 +228,8 @@ class ExportService:
                     "server is shutting down; retry against another replica",
                     retry_after=SHUTTING_DOWN_RETRY_AFTER,
                 )
+            if self._memory is not None and (memory_state := self._memory.state()):
+                self._refuse_for_memory(signal, body, content_format, series, memory_state)
             validated: ValidatedPayload
             if content_format == "protobuf":
                 validated = validate_protobuf(signal, body)
@@ -246,6 +261,25 @@ class ExportService:
             raise
         finally:
             series.duration.observe(time.perf_counter() - started)
+
+    def _refuse_for_memory(
+        self, signal: Signal, body: bytes, content_format: ContentFormat, series: _Series, state: int
+    ) -> None:
+        """Raise MemoryLimited. Between the soft and the hard limit the body is decoded only to
+        count the refused items (the decode's memory is transient, the body is already held);
+        above the hard limit nothing more is allocated and only the request is counted."""
+        if state == 1:
+            try:
+                if content_format == "protobuf":
+                    counted = validate_protobuf(signal, body)
+                else:
+                    counted = validate_message(signal, decode_json(signal, body))
+                series.refused.inc(counted.accepted + counted.rejected)
+            except errors.OtlpError:
+                pass  # malformed: nothing to count; the client still gets the retryable answer
+        raise errors.MemoryLimited(
+            "memory limit reached: the server is overloaded, retry later", retry_after=MEMORY_RETRY_AFTER
+        )
 
     def _write(self, signal: Signal, accepted: int, payload: bytes) -> None:
         if len(payload) > self._ring.max_payload:

@@ -36,6 +36,7 @@ from otlp_ingest.supervisor.admin import AdminServer
 from otlp_ingest.supervisor.child import ChildSlot
 from otlp_ingest.telemetry.collect import ProcessInfo, TreeSnapshot
 from otlp_ingest.telemetry.logging import configure_logging
+from otlp_ingest.telemetry.memory import MemoryLimiter, resolve_limits
 
 log = logging.getLogger("otlp_ingest.supervisor")
 
@@ -69,6 +70,7 @@ class Supervisor:
         self._roll_queue: list[ChildSlot] = []
         self._rolling: ChildSlot | None = None
         self._snapshot = TreeSnapshot(supervisor_pid=self.pid)
+        self.memory: MemoryLimiter | None = None
 
     # --- public -------------------------------------------------------------------------------
 
@@ -115,6 +117,14 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot create ring of %d bytes: %s", self.settings.queue_bytes, exc)
             return ExitCode.CHILD_BOOT
+        # Before any worker starts: workers attach the limiter's flag file when they boot.
+        self.memory = MemoryLimiter(
+            self.pid,
+            resolve_limits(self.settings.memory_limit_mib, self.settings.memory_spike_limit_mib),
+            pids=self._live_pids,
+            rings=lambda: self.ring_names,
+        )
+        self.memory.start()
         try:
             self.admin = AdminServer(
                 self.settings.bind, self.settings.admin_port, self.multiproc_dir, self.snapshot
@@ -381,6 +391,8 @@ class Supervisor:
                 slot.close_ready_pipe()
         if self.admin is not None:
             self.admin.stop()
+        if self.memory is not None:
+            self.memory.close()
         if self.ring_names:
             from otlp_ingest.ring import unlink_ring
 
@@ -450,6 +462,11 @@ class Supervisor:
 
     # --- state --------------------------------------------------------------------------------
 
+    def _live_pids(self) -> list[int]:
+        """Pids of the tree, from the published snapshot (the limiter thread calls this)."""
+        snap = self._snapshot
+        return [snap.supervisor_pid, *(p.pid for p in snap.processes if p.pid is not None)]
+
     def _slots(self) -> list[ChildSlot]:
         return [*self.exporters, *self.workers]
 
@@ -464,6 +481,7 @@ class Supervisor:
             restarts=dict(self.restarts),
             exporter_rings={s.index: tuple(s.rings) for s in self.exporters},
             draining=self._shutdown_phase is not None,
+            memory_flag=self.memory.name if self.memory is not None else "",
         )
 
 

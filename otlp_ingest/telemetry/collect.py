@@ -11,6 +11,10 @@ know is computed here, by the supervisor, at scrape time:
 - `otlp_exporter_queue_size{exporter}` / `otlp_exporter_queue_capacity{exporter}`: queued records
   and record capacity summed over the rings each exporter drains (`ring_usage`).
 - `otlp_process_up{role,index}` (1/0) and `otlp_process_restarts_total{role}`.
+- `otlp_memory_limit_bytes`, `otlp_memory_soft_limit_bytes` (0: no limit), `otlp_memory_usage_bytes`
+  (what the limiter counts: anonymous RSS of the tree + ring bytes once), `otlp_memory_refusing`
+  (1 while workers refuse new data) and `otlp_memory_limit_trips_total`, read from the limiter's
+  shared file (`telemetry.memory`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import psutil
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from otlp_ingest.telemetry.memory import read_status
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class TreeSnapshot:
     restarts: dict[str, int] = field(default_factory=dict)  # role -> restarts so far
     exporter_rings: dict[int, tuple[str, ...]] = field(default_factory=dict)  # exporter -> ring names
     draining: bool = False
+    memory_flag: str = ""  # the memory limiter's shared file (telemetry.memory), "" before boot
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +139,34 @@ class TreeCollector:
         for role in ("worker", "exporter"):
             restarts.add_metric([role], snap.restarts.get(role, 0))
         yield restarts
+        yield from _memory_families(snap)
+
+
+def _memory_families(snap: TreeSnapshot) -> Iterator[Metric]:
+    status = read_status(snap.memory_flag) if snap.memory_flag else None
+    if status is None:
+        return
+    gauges = (
+        ("otlp_memory_limit_bytes", "Hard memory limit of the process tree (0: no limit).", status.hard),
+        ("otlp_memory_soft_limit_bytes", "Above this, new data is refused (0: no limit).", status.soft),
+        (
+            "otlp_memory_usage_bytes",
+            "Memory the limiter counts: anonymous RSS of every process plus ring bytes, once.",
+            status.usage,
+        ),
+        (
+            "otlp_memory_refusing",
+            "1 while receivers refuse new data for memory, else 0.",
+            1 if status.state else 0,
+        ),
+    )
+    for name, doc, value in gauges:
+        family = GaugeMetricFamily(name, doc)
+        family.add_metric([], value)
+        yield family
+    trips = CounterMetricFamily("otlp_memory_limit_trips", "Times the soft memory limit was crossed.")
+    trips.add_metric([], status.trips)
+    yield trips
 
 
 def _tree_cpu_and_rss(snap: TreeSnapshot) -> tuple[float, float]:
