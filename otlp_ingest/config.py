@@ -73,7 +73,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     export_concurrency: int = 4  # batches in flight per exporter
     retry_initial_interval: float = 0.5
     retry_max_interval: float = 30.0
-    retry_max_elapsed: float = 300.0  # then the batch is counted as send-failed and dropped
+    # 0 -> retry forever (the Collector's max_elapsed_time: 0): never give up acknowledged data;
+    # a long outage fills the queue and clients get retryable refusals instead. > 0 -> after it,
+    # the batch is counted as send-failed and dropped.
+    retry_max_elapsed: float = 0.0
 
     # Batching (wire-level concatenation).
     batch_size: int = 2048  # items (spans, data points, log records)
@@ -546,10 +549,14 @@ def _cross_checks(values: dict[str, object], raws: dict[str, object], sources: d
         problems.append(
             f"{shown('retry_max_interval')}: below {shown('retry_initial_interval')} (expected >= it)"
         )
+    # Against the resolved count (as the supervisor creates rings): with workers=0 (auto), an
+    # exporter beyond the usable CPUs would have no ring to read and idle forever.
     workers = get("workers")
-    if workers and get("exporters") > workers:  # type: ignore[operator]
+    resolved = workers if workers else usable_cpus()  # type: ignore[operator]
+    if get("exporters") > resolved:  # type: ignore[operator]
+        shown_workers = str(resolved) if workers else f"{resolved}, auto = usable CPUs"
         problems.append(
-            f"{shown('exporters')}: more exporters than workers ({workers}) "
+            f"{shown('exporters')}: more exporters than workers ({shown_workers}) "
             "(expected exporters <= workers: each exporter drains whole worker rings)"
         )
     problems.extend(_tls_checks(get, shown))

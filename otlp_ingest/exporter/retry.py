@@ -11,6 +11,9 @@ Per the OTLP specification (opentelemetry-proto docs/specification.md, "Failures
 - The server's hint wins: RetryInfo.retry_delay (from the `grpc-status-details-bin` trailer, a
   serialized `google.rpc.Status`) or `Retry-After` (delay-seconds or an HTTP-date).
 - Otherwise exponential backoff with full jitter: uniform(0, min(max, initial * 2**attempt)).
+- `max_elapsed == 0` means retry forever (the OpenTelemetry Collector's `max_elapsed_time: 0`):
+  with a ring or WAL behind the exporter, a long outage then turns into honest retryable refusals
+  at the receiver instead of acknowledged data silently given up.
 
 Waits happen on an Event so that an abort (the shutdown deadline) interrupts them at once.
 """
@@ -53,7 +56,7 @@ class RetryAborted(Exception):
 
 
 class RetriesExhausted(SendError):
-    """Retrying would pass retry_max_elapsed; the batch is given up (counted as send-failed)."""
+    """Retrying would pass retry_max_elapsed (> 0); the batch is given up (counted as send-failed)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=False)
@@ -124,11 +127,12 @@ def http_send_error(status: int, retry_after: str | None, body_snippet: str = ""
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Backoff parameters (seconds)."""
+    """Backoff parameters (seconds). `max_elapsed == 0` means no deadline: retry until success,
+    a permanent error or abort."""
 
     initial_interval: float = 0.5
     max_interval: float = 30.0
-    max_elapsed: float = 300.0
+    max_elapsed: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
@@ -148,7 +152,8 @@ def call_with_retry(
     clock: Callable[[], float] = time.monotonic,
     rand: Callable[[], float] = random.random,
 ) -> T:
-    """Call `attempt` until it succeeds, fails permanently, or retrying would pass max_elapsed.
+    """Call `attempt` until it succeeds, fails permanently, or retrying would pass max_elapsed
+    (never, when max_elapsed is 0).
 
     Raises the permanent `SendError`, `RetriesExhausted`, or `RetryAborted` when `abort` is set
     (checked before every attempt and interrupting every wait). A server hint is used as given
@@ -166,7 +171,7 @@ def call_with_retry(
             if not error.retryable:
                 raise
             delay = error.retry_after if error.retry_after is not None else policy.backoff(n, rand)
-            if clock() - start + delay > policy.max_elapsed:
+            if policy.max_elapsed > 0 and clock() - start + delay > policy.max_elapsed:
                 raise RetriesExhausted(f"gave up after {n + 1} attempts: {error.message}") from error
             if on_retry is not None:
                 on_retry(error, delay)

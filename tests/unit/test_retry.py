@@ -167,6 +167,24 @@ def test_gives_up_when_the_next_wait_would_pass_max_elapsed() -> None:
     assert t.waits == [4.0, 4.0]  # a third wait would end at 12 s > 10 s
 
 
+def test_max_elapsed_zero_retries_forever() -> None:
+    # Like the Collector's max_elapsed_time: 0. Hours of fake outage, then the backend is back.
+    t = FakeTime()
+    errors = [SendError("down", retryable=True, retry_after=60.0) for _ in range(200)]
+    assert call_with_retry(failing(errors), RetryPolicy(1, 30, 0.0), t.event(), clock=t.clock) == "ok"
+    assert len(t.waits) == 200 and t.now == 200 * 60.0
+
+
+def test_max_elapsed_zero_is_the_default_and_abort_still_interrupts_at_once() -> None:
+    assert RetryPolicy().max_elapsed == 0.0
+    abort = threading.Event()
+    threading.Timer(0.1, abort.set).start()
+    start = time.monotonic()
+    with pytest.raises(RetryAborted):
+        call_with_retry(failing([SendError("down", retryable=True, retry_after=60.0)]), RetryPolicy(), abort)
+    assert time.monotonic() - start < 5.0
+
+
 def test_abort_interrupts_a_long_wait_at_once() -> None:
     abort = threading.Event()
     errors = [SendError("down", retryable=True, retry_after=60.0)]
