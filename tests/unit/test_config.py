@@ -281,6 +281,22 @@ def test_cross_field_rules():
     ]
 
 
+def test_exporters_are_checked_against_the_resolved_worker_count_when_workers_is_auto(monkeypatch):
+    # workers=0 means usable CPUs; exporters beyond them would have no ring to read.
+    monkeypatch.setattr("otlp_ingest.config.usable_cpus", lambda: 2)
+    assert problems(env={"OTLP_EXPORTERS": "3"}) == [
+        "OTLP_EXPORTERS=3: more exporters than workers (2, auto = usable CPUs) (expected exporters <= "
+        "workers: each exporter drains whole worker rings)"
+    ]
+    assert load_settings({}, {"OTLP_EXPORTERS": "2"}).exporters == 2
+    assert load_settings({}, {"OTLP_WORKERS": "4", "OTLP_EXPORTERS": "3"}).exporters == 3
+
+
+def test_retry_max_elapsed_defaults_to_zero_retry_forever_and_takes_a_duration():
+    assert Settings().retry_max_elapsed == 0.0
+    assert load_settings({}, {"OTLP_RETRY_MAX_ELAPSED": "5m"}).retry_max_elapsed == 300.0
+
+
 def test_settings_round_trip_through_json():
     settings = load_settings({"endpoint": "h:1", "export_headers": "a=b"}, {"OTLP_BATCH_TIMEOUT": "1m"})
     assert settings_from_json(settings_to_json(settings)) == settings
