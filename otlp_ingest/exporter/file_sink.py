@@ -14,11 +14,14 @@ Several exporter processes may append to the same file, so size check + rotation
 under `fcntl.flock` on the signal's lock file (not on the data file, which rotation renames away),
 and each line is written with a single `os.write` on an O_APPEND descriptor. After a rotation by
 another process our cached descriptor points at the renamed file, so it is reopened whenever its
-inode no longer matches the path. A line counts as acknowledged once written (no fsync).
+inode no longer matches the path. A line counts as acknowledged once written (no fsync). A short
+or failed write (ENOSPC) is truncated back to the size before it, still under the lock, so the
+retry never appends a whole line after a fragment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -73,9 +76,17 @@ class _SignalFile:
                 if size > 0 and size + len(line) > self.rotate_bytes:
                     self._rotate()
                     fd, size = self._current_fd()
-                written = os.write(fd, line)
-                if written != len(line):  # regular files only write short on ENOSPC and similar
-                    raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
+                try:
+                    written = os.write(fd, line)
+                    if written != len(line):  # regular files only write short on ENOSPC and similar
+                        raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
+                except OSError:
+                    # Cut the fragment off while we still hold the lock (nobody appended after it):
+                    # the retry appends the whole line, and a fragment before it would corrupt both.
+                    # If even this fails, the original error is the one to report.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)
+                    raise
             finally:
                 fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
 

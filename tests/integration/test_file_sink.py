@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +15,9 @@ import pytest
 
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
+from otlp_ingest.exporter import file_sink
+from otlp_ingest.exporter.file_sink import FileSink
+from otlp_ingest.exporter.sender import SendError
 from otlp_ingest.otlp.json_codec import decode_json
 from otlp_ingest.otlp.signals import SIGNAL_BY_NAME, Signal
 from otlp_ingest.ring import ring_usage
@@ -109,3 +115,85 @@ def test_two_exporters_append_to_the_same_files_without_tearing_lines(rings: Rin
     keys, lines = file_keys(data_dir, "traces")  # every line parses: no interleaved writes
     assert keys == Counter(span_keys(0, 600))
     assert lines == 200
+
+
+# -- a failed write leaves no fragment: the retry must not append after half a line -----------------
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("disk-full test needs root to mount a 1 MiB tmpfs")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"mount -t tmpfs not permitted here: {result.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_disk_full_mid_line_leaves_no_fragment_and_the_retry_writes_a_whole_line(tiny_tmpfs: Path) -> None:
+    data_dir = tiny_tmpfs / "data"
+    sink = FileSink(settings(data_dir))
+    try:
+        sink.send(Signal.TRACES, spans(0, 5))
+        size_before = (data_dir / "traces.jsonl").stat().st_size
+        ballast = tiny_tmpfs / "ballast"
+        fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+        try:  # fill the filesystem to the last page ...
+            with pytest.raises(OSError) as full:
+                while True:
+                    os.write(fd, b"\0" * 4096)
+            assert full.value.errno == errno.ENOSPC
+            os.ftruncate(fd, os.fstat(fd).st_size - 8192)  # ... then free two: room for a fragment only
+        finally:
+            os.close(fd)
+        big = spans(5, 400)  # an OTLP/JSON line of tens of KiB
+        with pytest.raises(SendError) as info:
+            sink.send(Signal.TRACES, big)
+        assert info.value.retryable
+        assert (data_dir / "traces.jsonl").stat().st_size == size_before  # the fragment was cut off
+        ballast.unlink()
+        sink.send(Signal.TRACES, big)  # the exporter's retry, once space is back
+    finally:
+        sink.close()
+    keys, lines = file_keys(data_dir, "traces")  # every line parses
+    assert keys == Counter(span_keys(0, 405)) and lines == 2
+
+
+@pytest.mark.parametrize("how", ["short", "raises"])
+def test_a_short_or_failed_write_is_truncated_back_at_the_seam(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # Regular files write short (or write some, then fail) on ENOSPC and quota; simulate it where
+    # the sink calls os.write, really writing the fragment, so any platform runs this test.
+    real_write = os.write
+    failures = [1]
+
+    def flaky_write(fd: int, data: bytes) -> int:
+        if not failures:
+            return real_write(fd, data)
+        failures.pop()
+        written = real_write(fd, bytes(data)[: len(data) // 2])
+        if how == "raises":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return written
+
+    data_dir = tmp_path / "data"
+    sink = FileSink(settings(data_dir))
+    try:
+        sink.send(Signal.TRACES, spans(0, 5))
+        size_before = (data_dir / "traces.jsonl").stat().st_size
+        monkeypatch.setattr(file_sink.os, "write", flaky_write)
+        with pytest.raises(SendError) as info:
+            sink.send(Signal.TRACES, spans(5, 20))
+        assert info.value.retryable and not failures
+        assert (data_dir / "traces.jsonl").stat().st_size == size_before
+        sink.send(Signal.TRACES, spans(5, 20))
+    finally:
+        sink.close()
+    keys, lines = file_keys(data_dir, "traces")
+    assert keys == Counter(span_keys(0, 25)) and lines == 2
