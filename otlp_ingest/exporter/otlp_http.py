@@ -13,6 +13,7 @@ when the sender is (exporter start), so a rolling restart (SIGHUP) picks up rota
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ssl
 import threading
@@ -97,6 +98,9 @@ class HttpSender:
         if conn is not None:
             conn.close()
             self._local.conn = None
+            # Forget it too: `_all` only serves close(), and every reconnect would grow it forever.
+            with self._lock, contextlib.suppress(ValueError):  # ValueError: close() cleared it
+                self._all.remove(conn)
 
     def send(self, signal: Signal, payload: bytes) -> SendResult:
         # A kept-alive connection may have been closed by the server while idle; that shows up as

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
+from otlp_ingest.exporter.otlp_http import HttpSender
 from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.ring import ring_usage
 from tests.integration._exporter_harness import (
@@ -236,3 +239,50 @@ def test_sigterm_with_backend_down_times_out_and_keeps_data(
 def test_missing_ring_is_a_boot_failure(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="did not become ready"):
         ExporterProcess(Settings(endpoint="127.0.0.1:1"), ["otlp-ingest-1-w404"], tmp_path)
+
+
+class _ClosingHandler(BaseHTTPRequestHandler):
+    """200 with an empty Export*ServiceResponse and `Connection: close`: a reconnect per request."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+
+def test_http_sender_forgets_dropped_connections_across_many_reconnects() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClosingHandler)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    sender = HttpSender(
+        Settings(endpoint=f"http://127.0.0.1:{server.server_address[1]}", export_protocol="http/protobuf")
+    )
+    try:
+        sent: list[int] = []
+
+        def send_many() -> None:
+            for i in range(150):
+                sender.send(Signal.TRACES, spans(i, 1))
+                sent.append(i)
+
+        threads = [threading.Thread(target=send_many) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(sent) == 300
+        # 300 reconnects; only connections still open may be remembered (at most one per thread).
+        assert len(sender._all) <= 2
+    finally:
+        sender.close()
+        server.shutdown()
+        server.server_close()
+    assert sender._all == []
