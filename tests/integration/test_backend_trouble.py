@@ -1,13 +1,12 @@
 """Backend trouble, end to end: real `serve`, real clients, the recording backend failing on purpose.
 
 Each test reconciles what clients got acknowledged against what the backend received: every acked
-span delivered exactly once (and in per-connection order where ordering is checked), nothing
-refused is delivered, drops are counted with their reason.
+span delivered exactly once, drops are counted with their reason. The outage and flapping
+scenarios live in the fault suite (tests/faults/test_backend.py).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,71 +97,6 @@ def delivered_exactly_once(backend: RecordingBackend, expected: set[str], timeou
     assert set(records["keys"]) == expected  # nothing refused was delivered
     assert {k: c for k, c in records["keys"].items() if c != 1} == {}
     return records
-
-
-def test_outage_queue_absorbs_then_refuses_with_growing_hints_then_delivers_in_order(
-    server_factory: Callable[..., ServerProcess], backend_factory: Callable[..., RecordingBackend]
-) -> None:
-    backend = backend_factory(fail_first=10**9, fail_code="unavailable", retry_after_s=0.2)
-    server = server_factory(
-        env={
-            "OTLP_ENDPOINT": backend.grpc_endpoint,
-            "OTLP_QUEUE_SIZE": "40",  # 20 records per worker ring: full within a second
-            "OTLP_BATCH_SIZE": "50",
-            "OTLP_EXPORT_CONCURRENCY": "1",  # one batch in flight: delivery order = ring order
-        }
-    )
-    clients = [Client("grpc", server, 0), Client("http", server, 1_000_000)]
-    outage_end = time.monotonic() + 3.0
-    threads = [threading.Thread(target=c.run, args=(lambda: time.monotonic() > outage_end,)) for c in clients]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    try:
-        for c in clients:
-            assert c.acked, f"{c.transport}: the queue absorbed nothing"
-            assert c.hints, f"{c.transport}: never refused with a tiny queue and the backend down"
-        assert backend.records()["traces"]["items"] == 0
-        # The hint grows while the queue stays full (1 s at first, ~2 s after a second full).
-        hints = [h for c in clients for h in c.hints]
-        assert min(hints) >= 1 and max(hints) >= 2, hints
-        backend.control(fail_next=0)  # the backend returns
-        for c in clients:
-            sent = len(c.acked)
-            c.run(lambda c=c, sent=sent: len(c.acked) >= sent + 20)
-        records = delivered_exactly_once(backend, {k for c in clients for k in c.acked_keys()})
-        for c in clients:  # oldest first: each connection's spans arrive in the order acked
-            mine = set(c.acked_keys())
-            assert [k for k in records["order"] if k in mine] == c.acked_keys()
-        metrics = server.metrics()
-        assert metrics.value("otlp_exporter_sent_spans_total") == records["items"]
-        assert metrics.value(SPANS) == 0
-    finally:
-        for c in clients:
-            c.close()
-
-
-def test_flapping_backend_loses_nothing(
-    server_factory: Callable[..., ServerProcess], backend_factory: Callable[..., RecordingBackend]
-) -> None:
-    backend = backend_factory(fail_every=2, fail_code="http_503", retry_after_s=0.05)
-    server = server_factory(
-        env={
-            "OTLP_ENDPOINT": backend.http_endpoint,
-            "OTLP_EXPORT_PROTOCOL": "http/protobuf",
-            "OTLP_BATCH_SIZE": "20",
-            "OTLP_BATCH_TIMEOUT": "20ms",
-        }
-    )
-    client = Client("http", server, 0)
-    try:
-        client.run(lambda: len(client.acked) >= 100)
-        delivered_exactly_once(backend, set(client.acked_keys()))
-        assert backend.records()["traces"]["failed"] >= 1
-        assert server.metrics().value(SPANS) == 0
-    finally:
-        client.close()
 
 
 def test_permanent_rejection_is_dropped_and_counted_with_reason(
