@@ -117,8 +117,37 @@ class _SendPool:
 
     def _run(self) -> None:
         while (batch := self._jobs.get()) is not None:
-            self.outcomes.put(self._send(batch))
+            self.outcomes.put(self._send_until_done(batch))
             self._wake.set()
+
+    def _send_until_done(self, batch: Batch[PendingEntry[Record]]) -> _Outcome:
+        """`_send`, surviving anything unexpected it raises (a bug in a sender or the split and
+        report code): a dead thread would never post its outcome, so `in_flight` would never drop
+        and after export_concurrency such deaths the exporter would stall with /ready green.
+
+        The batch is treated as a retryable failure and sent again, whole, with backoff until it
+        goes through or the abort (shutdown deadline) leaves it uncommitted for the next exporter.
+        Parts already acknowledged may be delivered twice (at-least-once, as after a crash).
+        """
+        n = 0
+        while True:
+            try:
+                return self._send(batch)
+            except Exception as error:
+                name = SIGNALS[batch.signal].name
+                delay = self._policy.backoff(n)
+                metrics.EXPORTER_SEND_RETRIES.labels(self._exporter, name).inc()
+                if limited.error(
+                    f"unexpected-{name}",
+                    "unexpected error sending a %s batch, resending it in %.2fs: %r",
+                    name,
+                    delay,
+                    error,
+                ):
+                    log.error("traceback of the unexpected error", exc_info=error)
+                if self._abort.wait(delay):
+                    return _Outcome(batch, None)
+                n += 1
 
     def _send(self, batch: Batch[PendingEntry[Record]]) -> _Outcome:
         name = SIGNALS[batch.signal].name
@@ -137,7 +166,9 @@ class _SendPool:
                     outcome = congestion.RETRY
                 raise
             except Exception as error:  # a bug or an odd library error: retry rather than drop
-                log.exception("unexpected error sending %s batch", name)
+                # Rate-limited: with retry_max_elapsed=0 a broken sender is retried for ever.
+                if limited.error(f"unexpected-send-{name}", "unexpected error sending %s batch", name):
+                    log.error("traceback of the unexpected send error", exc_info=error)
                 outcome = congestion.RETRY
                 raise SendError(f"unexpected: {error!r}", retryable=True) from error
             finally:

@@ -12,7 +12,12 @@ import pytest
 
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
+from otlp_ingest.exporter.batcher import Batch
+from otlp_ingest.exporter.congestion import SendWindow
+from otlp_ingest.exporter.main import _SendPool
 from otlp_ingest.exporter.otlp_http import HttpSender
+from otlp_ingest.exporter.retry import RetryPolicy
+from otlp_ingest.exporter.sender import SendResult
 from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.ring import ring_usage
 from tests.integration._exporter_harness import (
@@ -286,3 +291,60 @@ def test_http_sender_forgets_dropped_connections_across_many_reconnects() -> Non
         server.shutdown()
         server.server_close()
     assert sender._all == []
+
+
+class _FlakySender:
+    """A Sender that misbehaves on its first `bad` calls: returns junk instead of a SendResult (a
+    sender bug that blows up outside the send attempt, in the split/report code), then delivers."""
+
+    def __init__(self, bad: int) -> None:
+        self.bad = bad
+        self.delivered: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def send(self, signal: Signal, payload: bytes) -> SendResult:
+        with self.lock:
+            if self.bad > 0:
+                self.bad -= 1
+                return None  # type: ignore[return-value]
+            self.delivered.append(payload)
+        return SendResult()
+
+    def close(self) -> None:
+        pass
+
+
+def test_send_pool_survives_unexpected_errors_and_resends_the_batch() -> None:
+    # As many failures as threads: before, every send thread died and the exporter stalled.
+    sender = _FlakySender(bad=2)
+    abort, wake = threading.Event(), threading.Event()
+    pool = _SendPool(2, sender, RetryPolicy(0.01, 0.05, 0.0), abort, wake, "t", SendWindow(2))
+    try:
+        batches = [Batch(Signal.TRACES, 0.0, [spans(i, 1)], [1], [i], 1) for i in range(4)]
+        for batch in batches:
+            pool.submit(batch)
+        outcomes = [pool.outcomes.get(timeout=10) for _ in batches]  # every batch comes back
+        assert all(o.report is not None and o.report.sent == 1 for o in outcomes)
+        assert sorted(sender.delivered) == sorted(b.payloads[0] for b in batches)
+        assert wake.is_set()
+        pool.submit(Batch(Signal.TRACES, 0.0, [spans(9, 1)], [1], [9], 1))  # threads still alive
+        assert pool.outcomes.get(timeout=10).report.sent == 1  # type: ignore[union-attr]
+    finally:
+        abort.set()
+        pool.stop()
+
+
+def test_send_pool_unexpected_error_backoff_is_cut_short_by_abort() -> None:
+    sender = _FlakySender(bad=10**9)  # always broken: retried with backoff until shutdown
+    abort, wake = threading.Event(), threading.Event()
+    pool = _SendPool(1, sender, RetryPolicy(5.0, 60.0, 0.0), abort, wake, "t", SendWindow(1))
+    try:
+        pool.submit(Batch(Signal.TRACES, 0.0, [spans(0, 1)], [1], [0], 1))
+        wait_until(lambda: sender.bad < 10**9, 10, "first attempt")
+        start = time.monotonic()
+        abort.set()
+        outcome = pool.outcomes.get(timeout=10)
+        assert outcome.report is None  # aborted: left uncommitted for the next exporter
+        assert time.monotonic() - start < 5.0
+    finally:
+        pool.stop()
