@@ -14,6 +14,7 @@ connection is `FAILED`, because the client cannot know whether the server kept t
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import threading
@@ -73,7 +74,10 @@ class _Sender:
         if self._conn is None:
             self._conn = http.client.HTTPConnection(self._host, self._port, timeout=TIMEOUT_S)
         try:
-            self._conn.request("POST", self._path, body, {"Content-Type": "application/x-protobuf"})
+            # The server may answer before reading the body (503 while over the memory limit)
+            # and close: like urllib3, read that early answer before calling it a failure.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._conn.request("POST", self._path, body, {"Content-Type": "application/x-protobuf"})
             response = self._conn.getresponse()
             response.read()
         except (OSError, http.client.HTTPException) as e:
