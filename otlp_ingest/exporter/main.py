@@ -17,10 +17,17 @@ dropped and counted in otlp_exporter_send_failed_*_total{reason}; partial_succes
 otlp_exporter_backend_rejected_*_total. A batch's records are committed only after every part of
 it was acknowledged or given up.
 
-SIGTERM/SIGINT only set an Event. Draining then reads on until every ring is empty, flushes open
-batches at once and returns 0 when nothing is pending; past settings.shutdown_timeout it aborts
-retries and returns ExitCode.SHUTDOWN_TIMEOUT if anything is left uncommitted (it stays in the
-ring for the next exporter).
+Queues: shared-memory rings or, in durable mode, write-ahead logs (`otlp_ingest.queue`; both
+readers have the same shape). A log's commit persists its offset (fsynced) only after the backend
+acknowledged the batch; corrupt log data found while opening or reading is quarantined by the
+reader and counted in otlp_queue_quarantined_*_total.
+
+SIGTERM/SIGINT only set an Event. Draining then reads on until every queue is empty, flushes open
+batches at once and returns 0 when nothing is pending. Its deadline is settings.shutdown_timeout
+or, if earlier, the supervisor's own deadline (otlp_ingest.shutdown_deadline): the supervisor
+stops the exporters last and kills at its deadline, so an exporter must stop before that. Past it,
+retries are aborted and ExitCode.SHUTDOWN_TIMEOUT is returned if anything is left uncommitted (it
+stays in the queue for the next exporter), with the count logged.
 """
 
 from __future__ import annotations
@@ -43,10 +50,13 @@ from otlp_ingest.exporter.retry import RetryAborted, RetryPolicy, call_with_retr
 from otlp_ingest.exporter.sender import Sender, SendError, SendResult
 from otlp_ingest.exporter.split import REASONS, SendReport, send_batch
 from otlp_ingest.otlp.signals import SIGNALS, Signal
+from otlp_ingest.queue import QueueSpec, open_reader, parse_queue, queue_usage
 from otlp_ingest.ring import Record, RingCorrupt, RingReader
+from otlp_ingest.shutdown_deadline import child_deadline
 from otlp_ingest.telemetry import metrics
 from otlp_ingest.telemetry.logging import RateLimitedLogger
 from otlp_ingest.telemetry.memory import MemoryGate
+from otlp_ingest.wal import RecoveryReport, WalLocked, WalReader
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLogger(log, interval=10.0)
@@ -195,10 +205,12 @@ class _Exporter:
         self.settings = settings
         self.label = str(index)
         self.ring_names = ring_names
+        self.specs: list[QueueSpec] = [parse_queue(name) for name in ring_names]
         self.stop = threading.Event()  # SIGTERM/SIGINT
         self.wake = threading.Event()  # a send finished or a signal arrived
         self.abort = threading.Event()  # the drain deadline passed: interrupt retries
-        self.readers: list[RingReader] = []
+        self.readers: list[RingReader | WalReader] = []
+        self._recovery_seen: list[RecoveryReport | None] = []
         self.pending: list[PendingRing[Record]] = []
         self.batcher: Batcher[PendingEntry[Record]] = Batcher(
             settings.batch_size, settings.batch_max_bytes, settings.batch_timeout, time.monotonic
@@ -218,11 +230,15 @@ class _Exporter:
         signal_mod.signal(signal_mod.SIGTERM, self._on_signal)
         signal_mod.signal(signal_mod.SIGINT, self._on_signal)
         try:
-            for i, name in enumerate(self.ring_names):
-                self.readers.append(RingReader.attach(name))
+            for i, spec in enumerate(self.specs):
+                reader = open_reader(spec)
+                self.readers.append(reader)
                 self.pending.append(PendingRing(i))
+                report = getattr(reader, "recovery_report", None)
+                metrics.count_recovery(report)
+                self._recovery_seen.append(_copy_report(report))
             sender = build_sender(self.settings)
-        except (OSError, ValueError, RingCorrupt) as error:
+        except (OSError, ValueError, RingCorrupt, WalLocked) as error:
             # Missing ring, bad endpoint, unwritable data dir: restarting cannot fix it.
             log.error("exporter %s cannot start: %s", self.label, error)
             for reader in self.readers:
@@ -267,10 +283,8 @@ class _Exporter:
             now = time.monotonic()
             if self.stop.is_set():
                 if deadline is None:
-                    deadline = now + self.settings.shutdown_timeout
-                    log.info(
-                        "exporter %s draining (deadline %.1fs)", self.label, self.settings.shutdown_timeout
-                    )
+                    deadline = child_deadline(self.settings.shutdown_timeout)
+                    log.info("exporter %s draining (deadline %.1fs)", self.label, deadline - now)
                 # Receivers stop first, so the rings only shrink now: send what we hold at once.
                 self.ready.extend(self.batcher.flush())
             else:
@@ -320,7 +334,23 @@ class _Exporter:
                 )
             else:
                 all_empty = False
+        self._count_quarantine()
         return read_any, all_empty
+
+    def _count_quarantine(self) -> None:
+        """A log reader quarantines corrupt data as it meets it: count what is new."""
+        for i, reader in enumerate(self.readers):
+            report, seen = getattr(reader, "recovery_report", None), self._recovery_seen[i]
+            if (
+                report is not None
+                and seen is not None
+                and (
+                    report.quarantined_bytes != seen.quarantined_bytes
+                    or report.truncated_bytes != seen.truncated_bytes
+                )
+            ):
+                metrics.count_recovery(report, seen)
+                self._recovery_seen[i] = _copy_report(report)
 
     def _apply_outcomes(self, pool: _SendPool) -> bool:
         touched: set[int] = set()
@@ -385,10 +415,21 @@ class _Exporter:
         self.abort.set()
         self.window.close()
         left = sum(len(p) for p in self.pending)
+        queued = 0
+        for spec in self.specs:
+            try:
+                queued += queue_usage(spec).records
+            except Exception:  # a gauge for the log line only: never fail the exit for it
+                continue
         log.error(
-            "exporter %s: shutdown timeout with %d records uncommitted (kept in the ring)", self.label, left
+            "exporter %s: shutdown deadline with %d record(s) uncommitted (%d in flight), %d queued "
+            "in total: kept in the queue for the next start",
+            self.label,
+            left,
+            self.in_flight,
+            max(queued, left),
         )
-        return ExitCode.SHUTDOWN_TIMEOUT if left or self.in_flight else ExitCode.OK
+        return ExitCode.SHUTDOWN_TIMEOUT if left or queued or self.in_flight else ExitCode.OK
 
 
 def run_exporter(
@@ -407,6 +448,12 @@ def run_exporter(
     finally:
         if gate is not None:
             gate.close()
+
+
+def _copy_report(report: RecoveryReport | None) -> RecoveryReport | None:
+    if report is None:
+        return None
+    return RecoveryReport(report.truncated_bytes, report.quarantined_segments, report.quarantined_bytes)
 
 
 def _create_series(label: str) -> None:

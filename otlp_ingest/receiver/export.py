@@ -11,10 +11,20 @@ or "json"; `transport` ("grpc" | "http") only labels metrics. Errors are raised 
 What lands in the ring is always the serialized protobuf `Export*ServiceRequest` holding only the
 valid items: the original bytes when every item is valid (no re-encode), else the re-serialized
 subset that `validate` produced. A request with no valid items writes nothing.
+
+Durable mode (the queue is a `WalWriter`): `export` appends the record and returns a result whose
+`ticket` is not None. The record is not on disk yet: the transport must not answer before
+`wait_durable` (gRPC handler threads: blocks) or `await durable` (HTTP: an asyncio future, the
+event loop keeps serving) confirms it. While requests wait, the log's fsync thread covers all
+records appended so far with one fsync (group commit), so concurrent requests share it. Accepted
+counters and the ok/partial outcome are counted only then; a failed or timed-out fsync, a full or
+unwritable disk, or the disk bound (`queue_max_bytes`) is a retryable refusal (QueueFull /
+DiskFull: UNAVAILABLE + RetryInfo, 503 + Retry-After) and the worker keeps serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -32,6 +42,7 @@ from otlp_ingest.otlp.signals import SIGNALS, Signal, response_bytes
 from otlp_ingest.otlp.validate import ValidatedPayload, validate_message, validate_protobuf
 from otlp_ingest.telemetry import metrics
 from otlp_ingest.telemetry.logging import RateLimitedLogger
+from otlp_ingest.wal import DiskFull
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,11 @@ SHUTTING_DOWN_RETRY_AFTER = 1.0
 # The limiter samples every 0.2 s and usage falls as soon as in-flight requests finish and the
 # exporters drain: a short hint; clients back off exponentially on repeated refusals anyway.
 MEMORY_RETRY_AFTER = 1.0
+
+# Longest a request waits for its fsync before it is refused (retryable): a healthy disk takes
+# milliseconds; a stalled one must not hold clients (or gRPC handler threads) for ever.
+DURABLE_WAIT_TIMEOUT = 5.0
+DISK_RETRY_AFTER = 5.0
 
 # JSON names of Export*PartialSuccess.rejected_* (OTLP/JSON uses lowerCamelCase).
 _JSON_REJECTED_FIELD = {
@@ -73,14 +89,41 @@ class MemoryGateLike(Protocol):
     def state(self) -> int: ...
 
 
+class DurableLogLike(Protocol):
+    """The seam to a write-ahead log: `otlp_ingest.wal.WalWriter` satisfies it."""
+
+    @property
+    def max_payload(self) -> int: ...
+
+    def append(self, signal: int, item_count: int, payload: bytes | memoryview) -> int | None: ...
+
+    def wait_durable(self, ticket: int, timeout: float | None = None) -> bool: ...
+
+    def durable_future(self, ticket: int, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What to count once a durable-mode request's fsync is decided."""
+
+    series: _Series
+    outcome: str  # "ok" | "partial"
+    started: float
+
+
 @dataclass(slots=True)
 class ExportResult:
     """What the transport sends back: `response` is the serialized Export*ServiceResponse in the
-    request's content format (protobuf bytes, or OTLP/JSON bytes such as `{}`)."""
+    request's content format (protobuf bytes, or OTLP/JSON bytes such as `{}`). `ticket` is not
+    None in durable mode: answer only after `ExportService.wait_durable` / `durable`."""
 
     response: bytes
     accepted: int
     rejected: int
+    ticket: int | None = None
+    pending: _Pending | None = None
 
 
 def response_json(signal: Signal, rejected: int = 0, error_message: str = "") -> bytes:
@@ -174,9 +217,14 @@ class ExportService:
     lock because the ring has exactly one producer."""
 
     def __init__(
-        self, ring_writer: RingWriterLike, settings: Settings, memory: MemoryGateLike | None = None
+        self,
+        ring_writer: RingWriterLike | DurableLogLike,
+        settings: Settings,
+        memory: MemoryGateLike | None = None,
     ) -> None:
         self._ring = ring_writer
+        # Durable mode: the queue is a write-ahead log (it has group-commit durability).
+        self._log: DurableLogLike | None = ring_writer if hasattr(ring_writer, "durable_future") else None  # type: ignore[assignment]
         self._memory = memory
         self._settings = settings
         self._lock = threading.Lock()
@@ -189,6 +237,11 @@ class ExportService:
         self._empty = {(signal, "protobuf"): response_bytes(signal) for signal in SIGNALS} | {
             (signal, "json"): b"{}" for signal in SIGNALS
         }
+
+    @property
+    def is_durable(self) -> bool:
+        """True in durable mode: results carry a ticket to wait for before answering."""
+        return self._log is not None
 
     @property
     def draining(self) -> bool:
@@ -212,6 +265,10 @@ class ExportService:
             series = self._series[(signal, transport)] = _Series(signal, transport)
         return series
 
+    def memory_refusing(self) -> bool:
+        """True while the memory limiter refuses: lets a transport refuse before reading a body."""
+        return self._memory is not None and self._memory.state() != 0
+
     def record_failure(self, signal: Signal, transport: str, error: BaseException) -> None:
         """Count a request the transport refused before calling `export` (413, 415, ...)."""
         self._series_for(signal, transport).outcome(outcome_for(error))
@@ -231,36 +288,81 @@ class ExportService:
             if self._memory is not None and (memory_state := self._memory.state()):
                 self._refuse_for_memory(signal, body, content_format, series, memory_state)
             validated: ValidatedPayload
+            # Items over the batch byte cap could never be sent: refused here (partial_success).
+            limit = self._settings.batch_max_bytes
             if content_format == "protobuf":
-                validated = validate_protobuf(signal, body)
+                validated = validate_protobuf(signal, body, limit)
             else:
-                validated = validate_message(signal, decode_json(signal, body))
+                validated = validate_message(signal, decode_json(signal, body), limit)
             accepted = validated.accepted
             rejected = validated.rejected
+            ticket = None
             if accepted:
                 try:
-                    self._write(signal, accepted, validated.payload)
+                    ticket = self._write(signal, accepted, validated.payload)
                 except (errors.RetryableError, errors.PayloadTooLarge):
                     series.refused.inc(accepted + rejected)
                     raise
-                series.accepted.inc(accepted)
-            if rejected or validated.error_message:
-                if rejected:
-                    series.refused.inc(rejected)
-                series.outcome("partial")
+                if ticket is None:
+                    series.accepted.inc(accepted)
+            outcome = "partial" if rejected or validated.error_message else "ok"
+            if rejected:
+                series.refused.inc(rejected)
+            if outcome == "partial":
                 if content_format == "protobuf":
                     response = response_bytes(signal, rejected, validated.error_message)
                 else:
                     response = response_json(signal, rejected, validated.error_message)
             else:
-                series.outcome("ok")
                 response = self._empty[(signal, content_format)]
+            if ticket is not None:  # counted when durable (wait_durable / durable)
+                return ExportResult(response, accepted, rejected, ticket, _Pending(series, outcome, started))
+            series.outcome(outcome)
+            series.duration.observe(time.perf_counter() - started)
             return ExportResult(response, accepted, rejected)
         except BaseException as exc:
             series.outcome(outcome_for(exc))
-            raise
-        finally:
             series.duration.observe(time.perf_counter() - started)
+            raise
+
+    def wait_durable(self, result: ExportResult, timeout: float = DURABLE_WAIT_TIMEOUT) -> ExportResult:
+        """Durable mode, blocking (gRPC handler threads): return `result` once its record is on
+        disk; raise DiskFull (retryable) if the fsync failed or took longer than `timeout`."""
+        if result.ticket is None or self._log is None:
+            return result
+        return self._settle(result, self._log.wait_durable(result.ticket, timeout))
+
+    async def durable(self, result: ExportResult, timeout: float = DURABLE_WAIT_TIMEOUT) -> ExportResult:
+        """Durable mode, for an event loop (HTTP): like `wait_durable`, without blocking the loop."""
+        if result.ticket is None or self._log is None:
+            return result
+        future = self._log.durable_future(result.ticket, asyncio.get_running_loop())
+        try:
+            ok = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            ok = False
+        return self._settle(result, ok)
+
+    def _settle(self, result: ExportResult, ok: bool) -> ExportResult:
+        pending = result.pending
+        assert pending is not None
+        series = pending.series
+        try:
+            if not ok:
+                series.refused.inc(result.accepted)
+                series.outcome("refused")
+                self._full_log.warning(
+                    "fsync", "write-ahead log: fsync failed or too slow: refusing (clients retry)"
+                )
+                raise DiskFull(
+                    "queue not durable (disk error or too slow): the data was not accepted, retry later",
+                    retry_after=DISK_RETRY_AFTER,
+                )
+            series.accepted.inc(result.accepted)
+            series.outcome(pending.outcome)
+            return result
+        finally:
+            series.duration.observe(time.perf_counter() - pending.started)
 
     def _refuse_for_memory(
         self, signal: Signal, body: bytes, content_format: ContentFormat, series: _Series, state: int
@@ -281,7 +383,9 @@ class ExportService:
             "memory limit reached: the server is overloaded, retry later", retry_after=MEMORY_RETRY_AFTER
         )
 
-    def _write(self, signal: Signal, accepted: int, payload: bytes) -> None:
+    def _write(self, signal: Signal, accepted: int, payload: bytes) -> int | None:
+        """Queue the record; None (ring) or the log's durability ticket. Raises QueueFull /
+        DiskFull / PayloadTooLarge / ShuttingDown."""
         if len(payload) > self._ring.max_payload:
             # It would never fit, however empty the ring: "retry later" would be a lie.
             raise errors.PayloadTooLarge(
@@ -294,18 +398,28 @@ class ExportService:
                     "server is shutting down; retry against another replica",
                     retry_after=SHUTTING_DOWN_RETRY_AFTER,
                 )
-            ok = self._ring.try_write(signal, accepted, payload)
+            ticket = None
+            if self._log is not None:
+                try:
+                    ticket = self._log.append(signal, accepted, payload)
+                except DiskFull as exc:
+                    self._full_log.warning(
+                        "disk", "write-ahead log: %s: refusing (clients retry)", exc.message
+                    )
+                    raise DiskFull(exc.message, retry_after=DISK_RETRY_AFTER) from exc
+                ok = ticket is not None
+            else:
+                ok = self._ring.try_write(signal, accepted, payload)  # type: ignore[union-attr]
             if ok:
                 self._full_hint.accepted()
             else:
                 retry_after = self._full_hint.refused()
-        if not ok:
-            self._full_log.warning(
-                "queue_full",
-                "queue full: refusing %s request with %d items (exporter behind or backend slow)",
-                SIGNALS[signal].name,
-                accepted,
-            )
-            raise errors.QueueFull(
-                "queue full: the server is overloaded, retry later", retry_after=retry_after
-            )
+        if ok:
+            return ticket
+        self._full_log.warning(
+            "queue_full",
+            "queue full: refusing %s request with %d items (exporter behind or backend slow)",
+            SIGNALS[signal].name,
+            accepted,
+        )
+        raise errors.QueueFull("queue full: the server is overloaded, retry later", retry_after=retry_after)

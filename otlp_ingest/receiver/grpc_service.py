@@ -87,7 +87,10 @@ def _abort(context: grpc.ServicerContext, signal: Signal, exc: BaseException) ->
 def _export_handler(service: ExportService, signal: Signal) -> Callable[[bytes, grpc.ServicerContext], bytes]:
     def export(request: bytes, context: grpc.ServicerContext) -> bytes:
         try:
-            return service.export(signal, request, "protobuf", "grpc").response
+            result = service.export(signal, request, "protobuf", "grpc")
+            if result.ticket is not None:  # durable mode: answer once the record is fsynced
+                result = service.wait_durable(result)
+            return result.response
         except Exception as exc:  # every failure becomes a status: never an unhandled error
             failure = exc
         _abort(context, signal, failure)  # raises

@@ -205,6 +205,8 @@ def build_http_app(service: ExportService, settings: Settings) -> Starlette:
                 return error_response(exc, fmt)
             try:
                 result = service.export(signal, body, fmt, "http")
+                if result.ticket is not None:  # durable mode: answer once the record is fsynced
+                    result = await service.durable(result)
             except Exception as exc:  # every failure becomes a status: never a bare 500
                 return error_response(exc, fmt, f"{SIGNALS[signal].name} export")
             return Response(result.response, 200, media_type=_MEDIA_TYPE[fmt])

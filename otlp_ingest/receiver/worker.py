@@ -1,7 +1,10 @@
-"""Receiver worker process: OTLP/gRPC and OTLP/HTTP listeners feeding one ring.
+"""Receiver worker process: OTLP/gRPC and OTLP/HTTP listeners feeding one queue.
+
+The queue is a shared-memory ring, or in durable mode a write-ahead log (`otlp_ingest.queue`):
+then a request is answered only once its record is fsynced (group commit, see export.py).
 
 `run_worker` is the whole life of the process (started fresh by the supervisor with fork+exec):
-attach the ring, bind both ports with SO_REUSEPORT (so every worker binds the same ports and the
+open the queue, bind both ports with SO_REUSEPORT (so every worker binds the same ports and the
 kernel spreads connections), report ready, serve until SIGTERM/SIGINT, then stop listening on both
 ports at once, let in-flight requests finish within a grace period, close the ring writer and
 return 0. Everything process-wide is created here, never at import time.
@@ -41,10 +44,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
+from otlp_ingest.queue import open_writer, parse_queue
 from otlp_ingest.receiver.export import ExportService
 from otlp_ingest.receiver.grpc_service import build_grpc_server, grpc_address
 from otlp_ingest.receiver.http_app import REQUEST_START_EXTENSION, build_http_app, server_ssl_context
-from otlp_ingest.ring import RingWriter
+from otlp_ingest.telemetry import metrics
 from otlp_ingest.telemetry.logging import RateLimitedLogger
 from otlp_ingest.telemetry.memory import MemoryGate
 
@@ -221,8 +225,9 @@ def run_worker(
 ) -> int:
     """Serve OTLP on settings.grpc_port and settings.http_port until SIGTERM/SIGINT.
 
-    Returns ExitCode.OK after a graceful stop, ExitCode.CHILD_BOOT if the ring cannot be attached
-    or a port cannot be bound.
+    `ring_name` is a queue spec (`shm:<ring>`, `wal:<dir>`, or a bare ring name). Returns
+    ExitCode.OK after a graceful stop, ExitCode.CHILD_BOOT if the queue cannot be opened or a port
+    cannot be bound.
     """
     stop = threading.Event()
     wakeups: list[Callable[[], None]] = []
@@ -250,10 +255,11 @@ def _run(
     wakeups: list[Callable[[], None]],
 ) -> int:
     try:
-        writer = RingWriter.attach(ring_name)
+        writer = open_writer(parse_queue(ring_name), settings)
     except Exception as exc:
-        log.error("worker %d cannot attach ring %s: %s", worker_index, ring_name, exc)
+        log.error("worker %d cannot open queue %s: %s", worker_index, ring_name, exc)
         return ExitCode.CHILD_BOOT
+    metrics.count_recovery(getattr(writer, "recovery_report", None))
     # The supervisor's memory limiter flag (None without a limit): one byte read per request.
     service = ExportService(writer, settings, memory=MemoryGate.attach())
     grpc_addr = grpc_address(settings.bind, settings.grpc_port)
@@ -311,7 +317,7 @@ def _run(
             await asyncio.gather(serving, return_exceptions=True)
             return False
         log.info(
-            "worker %d listening: grpc %s, http %s (%s), ring %s",
+            "worker %d listening: grpc %s, http %s (%s), queue %s",
             worker_index,
             grpc_addr,
             http_addr,
@@ -336,7 +342,7 @@ def _run(
             started = runner.run(serve())
     finally:
         grpc_server.stop(None)
-        service.close()  # refuse anything still arriving, then close the ring writer
+        service.close()  # refuse anything still arriving, then close the queue (a log: final fsync)
         sock.close()
     if not started:
         if stop.is_set():

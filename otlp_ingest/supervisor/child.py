@@ -5,7 +5,10 @@ Children are started with fork+exec (`subprocess.Popen([sys.executable, "-m", "o
 
 - its Settings as JSON in env `OTLP_INGEST_SETTINGS_JSON`,
 - `PROMETHEUS_MULTIPROC_DIR` so its metrics land in per-process files the admin endpoint sums,
-- on the command line its role, index, ring name(s) and `--ready-fd N`: the write end of a pipe
+- `OTLP_INGEST_DEADLINE_FILE`: where the supervisor writes its shutdown deadline
+  (otlp_ingest.shutdown_deadline), so an exporter stops cleanly before the supervisor's kill,
+- on the command line its role, index, queue spec(s) (`--queue shm:NAME` or `--queue wal:DIR`,
+  see otlp_ingest.queue) and `--ready-fd N`: the write end of a pipe
   on which it writes one line `ready\\n` once it serves. EOF on the pipe before that line means
   the child died (or closed it) without becoming ready.
 """
@@ -20,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from otlp_ingest.config import Settings, settings_to_json
+from otlp_ingest.shutdown_deadline import DEADLINE_ENV, deadline_path
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ class ChildSlot:
 
     role: str  # "worker" | "exporter"
     index: int
-    rings: list[str]
+    rings: list[str]  # queue specs (otlp_ingest.queue): "shm:<ring>" or "wal:<dir>"
     proc: subprocess.Popen[bytes] | None = None
     ready_fd: int | None = None  # read end of the readiness pipe while it is open
     ready: bool = False
@@ -68,12 +72,13 @@ class ChildSlot:
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         cmd = [sys.executable, "-m", "otlp_ingest", "_child", self.role, "--index", str(self.index)]
-        for ring in self.rings:
-            cmd += ["--ring", ring]
+        for spec in self.rings:
+            cmd += ["--queue", spec]
         cmd += ["--ready-fd", str(write_fd)]
         env = dict(os.environ)
         env[SETTINGS_ENV] = settings_to_json(settings)
         env["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+        env[DEADLINE_ENV] = deadline_path(multiproc_dir)
         try:
             # Own process group: a Ctrl-C or `kill -- -pgid` aimed at the supervisor must not reach
             # the children directly, or exporters would drain while workers still accept data.

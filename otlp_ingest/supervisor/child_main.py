@@ -57,14 +57,17 @@ def _ready_notifier(fd: int | None):
 
 
 def child_main(argv: list[str]) -> int:
-    """`_child worker --index I --ring NAME --ready-fd N` or
-    `_child exporter --index J --ring NAME [--ring NAME...] --ready-fd N`."""
+    """`_child worker --index I --queue SPEC --ready-fd N` or
+    `_child exporter --index J --queue SPEC [--queue SPEC...] --ready-fd N`. SPEC is
+    `shm:<ring>` or `wal:<dir>` (otlp_ingest.queue); `--ring NAME` means `--queue shm:NAME`."""
     parser = argparse.ArgumentParser(prog="otlp_ingest _child")
     parser.add_argument("role", choices=("worker", "exporter"))
     parser.add_argument("--index", type=int, required=True)
-    parser.add_argument("--ring", action="append", default=[])
+    parser.add_argument("--queue", action="append", default=[])
+    parser.add_argument("--ring", action="append", default=[])  # older form: a ring name
     parser.add_argument("--ready-fd", type=int, default=None)
     args = parser.parse_args(argv)
+    queues = [*(f"shm:{name}" for name in args.ring), *args.queue]
 
     _die_with_parent()
     try:
@@ -77,15 +80,15 @@ def child_main(argv: list[str]) -> int:
     notify_ready = _ready_notifier(args.ready_fd)
     try:
         if args.role == "worker":
-            if len(args.ring) != 1:
-                log.error("a worker needs exactly one --ring, got %d", len(args.ring))
+            if len(queues) != 1:
+                log.error("a worker needs exactly one --queue, got %d", len(queues))
                 return ExitCode.CHILD_BOOT
             from otlp_ingest.receiver.worker import run_worker
 
-            return int(run_worker(settings, args.index, args.ring[0], notify_ready))
+            return int(run_worker(settings, args.index, queues[0], notify_ready))
         from otlp_ingest.exporter.main import run_exporter
 
-        return int(run_exporter(settings, args.index, list(args.ring), notify_ready))
+        return int(run_exporter(settings, args.index, queues, notify_ready))
     except ImportError as exc:
         log.error("cannot start %s: %s", args.role, exc)
         return ExitCode.CHILD_BOOT

@@ -1,16 +1,24 @@
 """The supervisor's main loop (design.md section 2; house rules 1-3, 5, 10).
 
-Start-up: wipe stale rings, create one ring per worker, create the Prometheus multiprocess
+Start-up: install the signal handlers (so a SIGTERM during boot is queued and acted on, not
+fatal), remove the metrics directories of dead supervisors, set up the queues (queues.py: in
+shared-memory mode adopt the non-empty rings of dead supervisors with our destination, wipe the
+other stale ones, create one ring per worker; in durable mode lock OTLP_QUEUE_DIR and use one log
+per worker plus the logs of earlier runs with more workers), create the Prometheus multiprocess
 directory, bind the admin endpoint, start the exporters, wait for them to be ready, then start the
-workers (downstream first). Signal handlers only queue the signal and wake the loop through
+workers (downstream first). Queue k (workers' first, then adopted/extra ones) is drained by
+exporter k % exporters. Signal handlers only queue the signal and wake the loop through
 `signal.set_wakeup_fd`; the loop does all the work:
 
 - reaps dead children and restarts them with per-slot exponential backoff, counting restarts;
 - halts (exit 3, one line naming the child and its exit code) when a child exits with
   `ExitCode.CHILD_BOOT` or dies before becoming ready `MAX_BOOT_FAILURES` times in a row;
-- SIGTERM/SIGINT: mark not ready, SIGTERM the workers and wait for them (they finish in-flight
-  requests), then SIGTERM the exporters and wait (they flush what the rings hold), all inside
-  `shutdown_timeout`; then SIGKILL leftovers (exit 4) or exit 0. Rings are unlinked at exit.
+- SIGTERM/SIGINT: write the absolute deadline for the children (otlp_ingest.shutdown_deadline),
+  mark not ready, SIGTERM the workers and wait for them (they finish in-flight requests; an
+  exporter that dies meanwhile is restarted, so its rings still drain), then SIGTERM the exporters
+  and wait (they flush what the queues hold and stop before the deadline), all inside
+  `shutdown_timeout`; then SIGKILL leftovers (exit 4) or exit 0. Empty rings are unlinked at exit;
+  rings still holding acknowledged records are kept for the next start (queues.py).
 - SIGHUP: reload the config; if valid, restart workers one at a time, then exporters. An invalid
   config is logged and the old one kept.
 """
@@ -32,6 +40,9 @@ from prometheus_client import multiprocess
 
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ConfigError, ExitCode
+from otlp_ingest.queue import QueueSpec, wal_max_bytes
+from otlp_ingest.shutdown_deadline import deadline_path, write_deadline
+from otlp_ingest.supervisor import queues
 from otlp_ingest.supervisor.admin import AdminServer
 from otlp_ingest.supervisor.child import ChildSlot
 from otlp_ingest.telemetry.collect import ProcessInfo, TreeSnapshot
@@ -44,7 +55,18 @@ MAX_BOOT_FAILURES = 3  # deaths before ready, in a row, before the supervisor ha
 BOOT_TIMEOUT = 60.0  # a child that is not ready by then is killed (counts as a boot failure)
 TICK = 0.5  # longest sleep of the loop: deadlines are checked at least this often
 # Settings that shape the rings or the admin listener: changing them needs a full restart.
-STRUCTURAL = ("workers", "exporters", "queue_bytes", "queue_size", "bind", "admin_port")
+STRUCTURAL = (
+    "workers",
+    "exporters",
+    "queue_bytes",
+    "queue_size",
+    "queue_dir",
+    "queue_max_bytes",
+    "queue_segment_bytes",
+    "bind",
+    "admin_port",
+)
+ADOPTED_CHECK_INTERVAL = 1.0  # how often drained adopted rings are looked for
 
 
 class Supervisor:
@@ -58,7 +80,11 @@ class Supervisor:
         self.exporters: list[ChildSlot] = []
         self.restarts: dict[str, int] = {"worker": 0, "exporter": 0}
         self.multiproc_dir = ""
-        self.ring_names: list[str] = []
+        self._env_multiproc: str | None = None
+        self.ring_names: list[str] = []  # rings this supervisor created (shared-memory mode)
+        self.adopted: list[str] = []  # rings of dead supervisors, drained then unlinked
+        self._queue_lock_fd = -1
+        self._next_adopted_check = 0.0
         self.admin: AdminServer | None = None
         self._selector = selectors.DefaultSelector()
         self._signals: collections.deque[int] = collections.deque()
@@ -80,10 +106,11 @@ class Supervisor:
 
     def run(self) -> int:
         try:
+            self._install_signals()  # first: a SIGTERM during boot is queued, not fatal
             code = self._boot()
             if code is not None:
+                self._exit_code = ExitCode(code)
                 return code
-            self._install_signals()
             self._start_exporters()
             while self._shutdown_phase != "done":
                 self._tick()
@@ -94,35 +121,26 @@ class Supervisor:
     # --- start-up -----------------------------------------------------------------------------
 
     def _boot(self) -> int | None:
-        """Rings, metrics dir and admin listener. Returns an exit code if start-up failed."""
+        """Queues, metrics dir and admin listener. Returns an exit code if start-up failed."""
+        stale = queues.wipe_stale_metrics_dirs()
+        if stale:
+            log.info("removed %d metrics dir(s) of dead supervisors", len(stale))
         self.multiproc_dir = tempfile.mkdtemp(prefix=f"otlp-ingest-metrics-{self.pid}-")
-        # Children inherit it; set here too so anything in this process uses the same directory.
+        # Children inherit it; set here too so anything in this process uses the same directory
+        # (restored at exit: a supervisor run inside another program must not leave it behind).
+        self._env_multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.multiproc_dir
-        try:
-            from otlp_ingest.ring import create_ring, ring_name, wipe_stale_rings
-        except ImportError as exc:
-            log.error("cannot start: ring module unavailable: %s", exc)
-            return ExitCode.CHILD_BOOT
         workers = self.settings.resolved_workers()
         exporters = self.settings.exporters
-        wiped = wipe_stale_rings()
-        if wiped:
-            log.info("removed %d stale ring(s) of dead supervisors: %s", len(wiped), ", ".join(wiped))
-        max_records = max(1, self.settings.queue_size // workers)
-        try:
-            for i in range(workers):
-                name = ring_name(self.pid, i)
-                create_ring(name, self.settings.queue_bytes, max_records)
-                self.ring_names.append(name)
-        except OSError as exc:
-            log.error("cannot create ring of %d bytes: %s", self.settings.queue_bytes, exc)
+        specs = self._setup_queues(workers)
+        if specs is None:
             return ExitCode.CHILD_BOOT
         # Before any worker starts: workers attach the limiter's flag file when they boot.
         self.memory = MemoryLimiter(
             self.pid,
             resolve_limits(self.settings.memory_limit_mib, self.settings.memory_spike_limit_mib),
             pids=self._live_pids,
-            rings=lambda: self.ring_names,
+            rings=lambda: [*self.ring_names, *self.adopted],
         )
         self.memory.start()
         try:
@@ -139,24 +157,77 @@ class Supervisor:
             return ExitCode.CHILD_BOOT
         self.admin.start()
         self.exporters = [
-            ChildSlot("exporter", j, [n for i, n in enumerate(self.ring_names) if i % exporters == j])
+            ChildSlot("exporter", j, [str(q) for k, q in enumerate(specs) if k % exporters == j])
             for j in range(exporters)
         ]
-        self.workers = [ChildSlot("worker", i, [n]) for i, n in enumerate(self.ring_names)]
+        self.workers = [ChildSlot("worker", i, [str(specs[i])]) for i in range(workers)]
         log.info(
-            "otlp-ingest supervisor pid %d: %d worker(s), %d exporter(s), grpc :%d http :%d admin :%d, %s",
+            "otlp-ingest supervisor pid %d: %d worker(s), %d exporter(s), grpc :%d http :%d admin :%d, "
+            "%s queue, %s",
             self.pid,
             workers,
             exporters,
             self.settings.grpc_port,
             self.settings.http_port,
             self.admin.port,
+            f"durable ({self.settings.queue_dir})" if self.settings.queue_dir else "shared-memory",
             f"backend {self.settings.endpoint}"
             if self.settings.endpoint
             else f"file sink {self.settings.data_dir}",
         )
         self._publish()
         return None
+
+    def _setup_queues(self, workers: int) -> list[QueueSpec] | None:
+        """Every queue to drain, the workers' first (index = worker); None if start-up failed."""
+        queue_dir = self.settings.queue_dir
+        if queue_dir:
+            try:
+                self._queue_lock_fd = queues.lock_queue_dir(queue_dir, self.pid)
+                mine, extra = queues.durable_queues(queue_dir, workers)
+            except queues.QueueDirLocked as exc:
+                log.error("cannot start: %s", exc)
+                return None
+            except OSError as exc:
+                log.error("cannot use queue dir %s: %s", queue_dir, exc)
+                return None
+            if extra:
+                log.info(
+                    "draining %d log(s) of an earlier run with more workers: %s",
+                    len(extra),
+                    ", ".join(q.target for q in extra),
+                )
+            return [*mine, *extra]
+        from otlp_ingest.ring import wipe_stale_rings
+
+        # Adopt before wiping: wipe_stale_rings removes every segment of a dead supervisor.
+        self.adopted = queues.adopt_stale_rings(self.pid, self.settings)
+        wiped = wipe_stale_rings()
+        if wiped:
+            log.info("removed %d stale segment(s) of dead supervisors: %s", len(wiped), ", ".join(wiped))
+        try:
+            queues.write_destination(self.pid, self.settings)
+            self.ring_names = queues.create_worker_rings(self.pid, self.settings, workers)
+        except OSError as exc:
+            log.error("cannot create ring of %d bytes: %s", self.settings.queue_bytes, exc)
+            return None
+        return [QueueSpec("shm", n) for n in [*self.ring_names, *self.adopted]]
+
+    def _forget_drained_adopted(self, now: float) -> None:
+        """Unlink adopted rings their exporter has emptied, and stop handing them to restarts."""
+        if not self.adopted or now < self._next_adopted_check:
+            return
+        self._next_adopted_check = now + ADOPTED_CHECK_INTERVAL
+        from otlp_ingest.ring import unlink_ring
+
+        for name in [n for n in self.adopted if queues.ring_drained(n)]:
+            self.adopted.remove(name)
+            unlink_ring(name)
+            for slot in self.exporters:
+                if str(QueueSpec("shm", name)) in slot.rings:
+                    slot.rings.remove(str(QueueSpec("shm", name)))
+            log.info("adopted ring %s drained: removed", name)
+        self._publish()
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe()
@@ -207,7 +278,10 @@ class Supervisor:
             self._check_boot_timeouts(now)
             self._advance_roll()
         else:
+            if self._shutdown_phase == "workers":
+                self._start_due(now, roles=("exporter",))
             self._advance_shutdown(now)
+        self._forget_drained_adopted(now)
         self._publish()
 
     def _drain_wakeup(self) -> None:
@@ -284,6 +358,10 @@ class Supervisor:
             log.info("%s exited (pid %d, %s)", slot.name, pid, how)
             if code == ExitCode.SHUTDOWN_TIMEOUT:
                 self._exit_code = ExitCode.SHUTDOWN_TIMEOUT
+            if self._shutdown_phase == "workers" and slot.role == "exporter" and not slot.stopping:
+                # Its queues must still drain once the workers are gone: restart it now.
+                slot.restart_at = time.monotonic()
+                log.warning("%s died while the workers stop: restarting it to drain its queues", slot.name)
             return
         if slot.rolling:
             log.info(
@@ -310,8 +388,10 @@ class Supervisor:
         slot.restart_at = now + delay
         log.info("%s restarting in %.2fs", slot.name, delay)
 
-    def _start_due(self, now: float) -> None:
+    def _start_due(self, now: float, roles: tuple[str, ...] = ("worker", "exporter")) -> None:
         for slot in self._slots():
+            if slot.role not in roles:
+                continue
             if slot.restart_at is not None and slot.restart_at <= now and not slot.alive:
                 if slot.role == "worker" and not self._workers_started:
                     continue
@@ -337,9 +417,16 @@ class Supervisor:
             return
         self._exit_code = code
         self._deadline = time.monotonic() + self.settings.shutdown_timeout
+        if self.multiproc_dir:
+            try:  # before the first SIGTERM: children read it when they get theirs
+                write_deadline(
+                    deadline_path(self.multiproc_dir), time.time() + self.settings.shutdown_timeout
+                )
+            except OSError as exc:
+                log.warning("cannot write the shutdown deadline for the children: %s", exc)
         self._roll_queue.clear()
         self._rolling = None
-        for slot in self._slots():
+        for slot in self.workers:  # exporters waiting for a restart still get it: queues must drain
             slot.restart_at = None
         log.info("shutdown: draining, stopping %d worker(s)", sum(s.alive for s in self.workers))
         self._shutdown_phase = "workers"
@@ -393,17 +480,27 @@ class Supervisor:
             self.admin.stop()
         if self.memory is not None:
             self.memory.close()
-        if self.ring_names:
-            from otlp_ingest.ring import unlink_ring
-
-            for name in self.ring_names:
-                unlink_ring(name)
+        if self.ring_names or self.adopted:
+            kept = queues.release_rings([*self.ring_names, *self.adopted])
+            if kept:
+                log.warning("%d acknowledged record(s) left in shared memory for the next start", kept)
+            else:
+                queues.remove_destination(self.pid)
+        elif not self.settings.queue_dir:
+            queues.remove_destination(self.pid)
+        if self._queue_lock_fd >= 0:
+            queues.unlock_queue_dir(self._queue_lock_fd)
+            self._queue_lock_fd = -1
         if self._wake_w >= 0:
             signal.set_wakeup_fd(-1)
             os.close(self._wake_r)
             os.close(self._wake_w)
         if self.multiproc_dir:
             shutil.rmtree(self.multiproc_dir, ignore_errors=True)
+            if self._env_multiproc is None:
+                os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            else:
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._env_multiproc
         log.info("supervisor exiting with code %d", int(self._exit_code))
 
     # --- reload (SIGHUP) ----------------------------------------------------------------------
@@ -480,6 +577,8 @@ class Supervisor:
             processes=processes,
             restarts=dict(self.restarts),
             exporter_rings={s.index: tuple(s.rings) for s in self.exporters},
+            wal_capacity_bytes=wal_max_bytes(self.settings) if self.settings.queue_dir else 0,
+            wal_records_hint=self.settings.queue_size // max(1, len(self.workers)),
             draining=self._shutdown_phase is not None,
             memory_flag=self.memory.name if self.memory is not None else "",
         )

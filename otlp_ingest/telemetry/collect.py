@@ -9,7 +9,12 @@ know is computed here, by the supervisor, at scrape time:
   counter never goes down when a child restarts.
 - `process_resident_memory_bytes`: RSS of the supervisor and every live child.
 - `otlp_exporter_queue_size{exporter}` / `otlp_exporter_queue_capacity{exporter}`: queued records
-  and record capacity summed over the rings each exporter drains (`ring_usage`).
+  and record capacity summed over the queues each exporter drains (`otlp_ingest.queue.queue_usage`).
+  A write-ahead log (durable mode) bounds bytes, not records: its record capacity is estimated as
+  its byte bound divided by the mean size of the records it holds (or, empty, its share of
+  OTLP_QUEUE_SIZE), so size/capacity still reads as a fill ratio.
+  `otlp_exporter_queue_bytes{exporter}` / `otlp_exporter_queue_capacity_bytes{exporter}` give the
+  bytes exactly, in both modes.
 - `otlp_process_up{role,index}` (1/0) and `otlp_process_restarts_total{role}`.
 - `otlp_memory_limit_bytes`, `otlp_memory_soft_limit_bytes` (0: no limit), `otlp_memory_usage_bytes`
   (what the limiter counts: anonymous RSS of the tree + ring bytes once), `otlp_memory_refusing`
@@ -51,7 +56,9 @@ class TreeSnapshot:
     supervisor_pid: int
     processes: tuple[ProcessInfo, ...] = ()
     restarts: dict[str, int] = field(default_factory=dict)  # role -> restarts so far
-    exporter_rings: dict[int, tuple[str, ...]] = field(default_factory=dict)  # exporter -> ring names
+    exporter_rings: dict[int, tuple[str, ...]] = field(default_factory=dict)  # exporter -> queue specs
+    wal_capacity_bytes: int = 0  # durable mode: byte bound of one log (otlp_ingest.queue)
+    wal_records_hint: int = 0  # durable mode: record capacity reported for an empty log
     draining: bool = False
     memory_flag: str = ""  # the memory limiter's shared file (telemetry.memory), "" before boot
 
@@ -65,26 +72,27 @@ class QueueUsage:
 
 
 def exporter_queue_usage(snapshot: TreeSnapshot) -> dict[int, QueueUsage]:
-    """Queued records per exporter, summed over its rings; rings that cannot be read count 0."""
-    try:
-        from otlp_ingest.ring import ring_usage
-    except ImportError:  # the ring package is not there (yet): report empty queues
-        ring_usage = None
+    """Queued records per exporter, summed over its queues; queues that cannot be read count 0."""
+    from otlp_ingest.queue import parse_queue, queue_usage
+
     usage: dict[int, QueueUsage] = {}
     for exporter, names in snapshot.exporter_rings.items():
         records = max_records = used = capacity = 0
         for name in names:
-            if ring_usage is None:
-                continue
             try:
-                u = ring_usage(name)
+                u = queue_usage(parse_queue(name), snapshot.wal_capacity_bytes)
             except Exception as exc:  # a ring being recreated; a scrape must not fail for it
-                log.debug("ring_usage(%s) failed: %s", name, exc)
+                log.debug("queue_usage(%s) failed: %s", name, exc)
                 continue
             records += u.records
-            max_records += u.max_records
             used += u.used_bytes
             capacity += u.capacity_bytes
+            if u.max_records:
+                max_records += u.max_records
+            elif u.records:  # a log: records that fit at the current mean record size
+                max_records += max(u.records, u.capacity_bytes * u.records // max(1, u.used_bytes))
+            else:
+                max_records += snapshot.wal_records_hint
         usage[exporter] = QueueUsage(records, max_records, used, capacity)
     return usage
 
@@ -119,11 +127,25 @@ class TreeCollector:
             "Record capacity of the rings this exporter drains.",
             labels=["exporter"],
         )
+        size_bytes = GaugeMetricFamily(
+            "otlp_exporter_queue_bytes",
+            "Bytes queued in the queues this exporter drains.",
+            labels=["exporter"],
+        )
+        capacity_bytes = GaugeMetricFamily(
+            "otlp_exporter_queue_capacity_bytes",
+            "Byte capacity of the queues this exporter drains (a log's OTLP_QUEUE_MAX_BYTES share).",
+            labels=["exporter"],
+        )
         for exporter, usage in sorted(exporter_queue_usage(snap).items()):
             size.add_metric([str(exporter)], usage.records)
             capacity.add_metric([str(exporter)], usage.max_records)
+            size_bytes.add_metric([str(exporter)], usage.used_bytes)
+            capacity_bytes.add_metric([str(exporter)], usage.capacity_bytes)
         yield size
         yield capacity
+        yield size_bytes
+        yield capacity_bytes
 
         up = GaugeMetricFamily(
             "otlp_process_up",

@@ -102,3 +102,32 @@ EXPORTER_BATCH_ITEMS = Histogram(
     ("exporter", "signal"),
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2048, 4096, 8192),
 )
+
+# Durable mode (otlp_ingest.wal): what recovery cut off or moved aside when a log was opened or
+# read. Non-zero means acknowledged data may have been lost to disk damage: alert on increase.
+QUEUE_QUARANTINED_BYTES = Counter(
+    "otlp_queue_quarantined_bytes",
+    "Bytes of corrupt write-ahead log data moved to quarantine/ (not delivered).",
+)
+QUEUE_QUARANTINED_SEGMENTS = Counter(
+    "otlp_queue_quarantined_segments",
+    "Write-ahead log segments whose corrupt remainder was moved to quarantine/.",
+)
+QUEUE_TRUNCATED_BYTES = Counter(
+    "otlp_queue_truncated_bytes",
+    "Bytes of torn write-ahead log tail cut off at recovery (never acknowledged: not a loss).",
+)
+
+
+def count_recovery(report: object, before: object = None) -> None:
+    """Add a wal RecoveryReport (minus an earlier snapshot of the same report) to the counters."""
+    if report is None:
+        return
+    for attr, counter in (
+        ("quarantined_bytes", QUEUE_QUARANTINED_BYTES),
+        ("quarantined_segments", QUEUE_QUARANTINED_SEGMENTS),
+        ("truncated_bytes", QUEUE_TRUNCATED_BYTES),
+    ):
+        delta = getattr(report, attr, 0) - (getattr(before, attr, 0) if before is not None else 0)
+        if delta > 0:
+            counter.inc(delta)
