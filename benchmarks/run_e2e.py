@@ -42,6 +42,7 @@ from tests.support.backend import RecordingBackend  # noqa: E402
 FLOOR_SPANS_PER_CPU_S = 200_000  # at 100 spans per gRPC request
 FLOOR_SPANS_PER_S = 100_000
 FLOOR_P99_MS_AT_10K = 10.0
+DURABLE_LABEL = " durable"
 
 
 @dataclass
@@ -150,6 +151,7 @@ def one_run(
     duration: float,
     concurrency: int,
     rate_spans: float | None = None,
+    label: str = "",
 ) -> RunResult:
     backend.reset()
     sampler = TreeSampler(server.pid)
@@ -170,6 +172,7 @@ def one_run(
     delivered = backend.records()["traces"]["items"]
     accepted = result["items_accepted"]
     name = f"{protocol} {spans}/req " + (f"rate {rate_spans:,.0f} spans/s" if rate_spans else "closed loop")
+    name += label
     return RunResult(
         name=name,
         protocol=protocol,
@@ -235,6 +238,16 @@ def to_markdown(meta: dict, results: list[RunResult]) -> str:
             f" | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} | {r.peak_rss_mib:.0f}"
             f" | {r.spans_accepted:,} | {r.spans_delivered:,} | {r.requests_refused}/{r.requests_failed} |"
         )
+    shm = next((r for r in results if r.name == "grpc 100/req closed loop"), None)
+    durable = next((r for r in results if r.name.endswith(DURABLE_LABEL)), None)
+    if shm and durable and shm.spans_per_cpu_s:
+        lines += [
+            "",
+            f"Durable mode (OTLP_QUEUE_DIR on disk, group-commit fsync) vs shared-memory mode, gRPC 100/req"
+            f" closed loop, same run: {durable.spans_per_cpu_s:,.0f} vs {shm.spans_per_cpu_s:,.0f} spans per"
+            f" server CPU-s ({durable.spans_per_cpu_s / shm.spans_per_cpu_s:.0%}), {durable.spans_per_s:,.0f}"
+            f" vs {shm.spans_per_s:,.0f} spans/s, p99 {durable.p99_ms:.2f} vs {shm.p99_ms:.2f} ms.",
+        ]
     lines += ["", "Floors (reported, not asserted):", ""]
     for what, measured, met in floors(results):
         lines.append(f"- {'MET' if met else 'BELOW'}: {what} (measured {measured})")
@@ -283,6 +296,23 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{r.name:40s} p50 {r.p50_ms:.2f} ms  p95 {r.p95_ms:.2f} ms  p99 {r.p99_ms:.2f} ms"
                           f"  {r.spans_per_cpu_s:,.0f} spans/CPU-s", flush=True)  # fmt: skip
                 workers = server.metrics().value("otlp_process_up", role="worker")
+            # The same gRPC 100/req closed loop in durable mode, on a log in the work dir (on disk,
+            # not tmpfs, or the fsyncs would cost nothing), so one run compares the two modes.
+            durable_server = ServerProcess(
+                workdir / "durable", env={**env, "OTLP_QUEUE_DIR": str(workdir / "durable" / "queue")}
+            )
+            with durable_server:
+                run_loadgen_process(
+                    ["--endpoint", durable_server.grpc_endpoint, "--duration", "1s", "--concurrency", "2"], 60
+                )
+                wait_drained(durable_server)
+                r = one_run(
+                    durable_server, backend, "grpc", 100, duration, args.concurrency, label=DURABLE_LABEL
+                )
+                results.append(r)
+                print(f"{r.name:40s} {r.spans_per_s:>10,.0f} spans/s {r.spans_per_cpu_s:>10,.0f}"
+                      f" spans/CPU-s  p99 {r.p99_ms:7.2f} ms  rss {r.peak_rss_mib:.0f} MiB",
+                      flush=True)  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
