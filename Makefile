@@ -47,5 +47,11 @@ fuzz: $(STAMP)
 			--hypothesis-seed=$$seed tests/fuzz || exit 1; \
 	done; echo "fuzz: $$round rounds, no failure"
 
+## soak: the fault suite's long forms (longer load, more kills, a minutes-long outage), the WAL crash
+##       tests, then the overload benchmark (RSS under the memory limit for 30 s)
+soak: $(STAMP)
+	OTLP_SOAK=1 $(PY) -m pytest -q -s tests/faults tests/integration/test_wal_crash.py
+	$(PY) benchmarks/overload_memory.py
+
 clean:
 	rm -rf $(VENV) otlp-data .pytest_cache .ruff_cache .benchmarks
