@@ -14,10 +14,21 @@ histogram, summary) and log records. An item is invalid, and dropped with `parti
 
 A request with no items at all is valid (0 accepted). A body that does not decode (truncated,
 wrong wire types, invalid UTF-8 in a string, nesting too deep) is `InvalidArgument`.
+
+With `max_item_bytes` (the receiver passes `batch_max_bytes`), an item is also dropped when a
+request holding it alone, with its resource and scope (and for a data point its metric) envelope,
+serializes to more than `max_item_bytes`: the exporter could never send it in a batch under the
+cap, and a backend at its usual 4 MiB limit would refuse it, so acknowledging it would be a lie.
+**Choice: partial_success, not 413 for the whole request.** The rest of the request is
+deliverable; a 413 would make the client drop it too (413 is not retryable), while
+`partial_success` tells the client exactly how many items were refused and why. Only bodies
+larger than the limit are inspected (no single item can be larger than its whole request), so
+the hot path pays one length comparison.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
@@ -53,9 +64,10 @@ _EXEMPLAR_TRACE = "exemplar trace_id must be empty or 16 bytes"
 _EXEMPLAR_SPAN = "exemplar span_id must be empty or 8 bytes"
 
 
-def validate_protobuf(signal: Signal, body: bytes) -> ValidatedPayload:
+def validate_protobuf(signal: Signal, body: bytes, max_item_bytes: int = 0) -> ValidatedPayload:
     """Decode a protobuf `Export*ServiceRequest`, drop invalid items, count the rest.
 
+    `max_item_bytes` > 0 also drops items too large to ever be sent alone (module docstring).
     Raises `InvalidArgument("malformed protobuf: ...")` if `body` does not decode.
     """
     try:
@@ -64,15 +76,15 @@ def validate_protobuf(signal: Signal, body: bytes) -> ValidatedPayload:
         raise InvalidArgument(f"malformed protobuf: {exc}") from None
     except RecursionError:  # pragma: no cover - upb reports depth as DecodeError
         raise InvalidArgument("malformed protobuf: nested too deeply") from None
-    return _validate(signal, message, body)
+    return _validate(signal, message, body, max_item_bytes)
 
 
-def validate_message(signal: Signal, message: Message) -> ValidatedPayload:
+def validate_message(signal: Signal, message: Message, max_item_bytes: int = 0) -> ValidatedPayload:
     """Same as `validate_protobuf` for an already decoded request (the OTLP/JSON path).
 
     Drops invalid items from `message` in place; `payload` is always freshly serialized.
     """
-    return _validate(signal, message, None)
+    return _validate(signal, message, None, max_item_bytes)
 
 
 def count_items(signal: Signal, message: Message) -> int:
@@ -94,7 +106,9 @@ def count_items(signal: Signal, message: Message) -> int:
 # ----------------------------------------------------------------------------------- implementation
 
 
-def _validate(signal: Signal, message: Message, body: bytes | None) -> ValidatedPayload:
+def _validate(
+    signal: Signal, message: Message, body: bytes | None, max_item_bytes: int = 0
+) -> ValidatedPayload:
     reasons: dict[str, int] = {}
     if signal == Signal.TRACES:
         accepted = _check_spans(message, reasons)
@@ -102,13 +116,17 @@ def _validate(signal: Signal, message: Message, body: bytes | None) -> Validated
         accepted = _check_logs(message, reasons)
     else:
         accepted = _check_metrics(message, reasons)
+    payload = body if body is not None and not reasons else message.SerializeToString()
+    if max_item_bytes > 0 and len(payload) > max_item_bytes:  # rare: only then look at item sizes
+        oversized = _drop_oversized(signal, message, max_item_bytes)
+        if oversized:
+            reasons[f"larger than the batch limit of {max_item_bytes} bytes"] = oversized
+            accepted -= oversized
+            payload = message.SerializeToString()
     if not reasons:
-        payload = body if body is not None else message.SerializeToString()
         return ValidatedPayload(payload, accepted, 0, "")
     rejected = sum(reasons.values())
-    return ValidatedPayload(
-        message.SerializeToString(), accepted, rejected, _describe(signal, rejected, reasons)
-    )
+    return ValidatedPayload(payload, accepted, rejected, _describe(signal, rejected, reasons))
 
 
 def _describe(signal: Signal, rejected: int, reasons: dict[str, int]) -> str:
@@ -212,3 +230,100 @@ def _check_metrics(message: Message, reasons: dict[str, int]) -> int:
             for m_index in reversed(empty):
                 del metrics[m_index]
     return accepted
+
+
+# --------------------------------------------------------------------------------- oversized items
+
+
+def _field(size: int) -> int:
+    """Bytes of a length-delimited field with a one-byte tag (every field number involved is
+    below 16) holding a `size`-byte submessage: tag + varint length + body."""
+    length, rest = 1, size >> 7
+    while rest:
+        rest >>= 7
+        length += 1
+    return 1 + length + size
+
+
+def _envelope(node: Message, children: list[Message]) -> int:
+    """Serialized size of `node` without `children` (its repeated child field): exact, as
+    ByteSize() minus each child's field."""
+    return node.ByteSize() - sum(_field(child.ByteSize()) for child in children)
+
+
+def _drop_oversized(signal: Signal, message: Message, limit: int) -> int:
+    """Delete every item whose single-item request (same resource, scope and, for a data point,
+    metric envelope) serializes to more than `limit` bytes; return how many. A container whose
+    whole single-container request fits is skipped without looking inside (at most one ByteSize
+    per level for the common case). Metrics left without points are deleted, as in validation."""
+    dropped = 0
+    for resource in _resources(signal, message):
+        scopes = list(_scopes(signal, resource))
+        if _field(resource.ByteSize()) <= limit:
+            continue
+        resource_env = _envelope(resource, scopes)
+        for scope in scopes:
+            if _field(resource_env + _field(scope.ByteSize())) <= limit:
+                continue
+            if signal == Signal.METRICS:
+                dropped += _drop_oversized_points(scope, limit, resource_env)
+                continue
+            items = scope.spans if signal == Signal.TRACES else scope.log_records
+            scope_env = _envelope(scope, list(items))
+            big = [
+                i
+                for i, item in enumerate(items)
+                if _field(resource_env + _field(scope_env + _field(item.ByteSize()))) > limit
+            ]
+            for i in reversed(big):
+                del items[i]
+            dropped += len(big)
+    return dropped
+
+
+def _drop_oversized_points(scope: Message, limit: int, resource_env: int) -> int:
+    metrics = scope.metrics
+    scope_env = _envelope(scope, list(metrics))
+    dropped = 0
+    empty: list[int] = []
+    for m_index, metric in enumerate(metrics):
+        kind = metric.WhichOneof("data")
+        if kind is None:
+            continue
+        data = getattr(metric, kind)
+        points = data.data_points
+        data_env = _envelope(data, list(points))
+        metric_env = metric.ByteSize() - _field(data.ByteSize())  # name, unit, ... without data
+        big = [
+            i
+            for i, point in enumerate(points)
+            if _field(
+                resource_env
+                + _field(scope_env + _field(metric_env + _field(data_env + _field(point.ByteSize()))))
+            )
+            > limit
+        ]
+        for i in reversed(big):
+            del points[i]
+        dropped += len(big)
+        if big and not points:
+            empty.append(m_index)
+    for m_index in reversed(empty):
+        del metrics[m_index]
+    return dropped
+
+
+def _resources(signal: Signal, message: Message) -> Iterable[Message]:
+    if signal == Signal.TRACES:
+        return message.resource_spans
+    if signal == Signal.LOGS:
+        return message.resource_logs
+    return message.resource_metrics
+
+
+def _scopes(signal: Signal, resource: Message) -> Iterable[Message]:
+    if signal == Signal.TRACES:
+        return resource.scope_spans
+    if signal == Signal.LOGS:
+        return resource.scope_logs
+    return resource.scope_metrics
