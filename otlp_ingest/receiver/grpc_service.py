@@ -7,6 +7,23 @@ trailer, with a `google.rpc.RetryInfo` detail when the client should retry. Mess
 `settings.grpc_max_recv_bytes` are refused by grpc itself with RESOURCE_EXHAUSTED (no RetryInfo).
 gzip request compression is handled by grpc.
 
+Overload (docs/hostile-input.md): grpcio's sync server reads a unary request message inside a pool
+thread and queues calls without bound when every thread is busy, so one client that opens an
+Export and never sends its body blocked every other call on the worker until they timed out with
+DEADLINE_EXCEEDED. So:
+- the Export methods are registered as stream-unary (the client still calls them as unary; the
+  wire is the same): the handler starts before the message arrives and reads it itself, with a
+  deadline (`StallWatchdog`: `http_read_timeout`, the same setting as for HTTP bodies). A call
+  whose message has not arrived by then is cancelled (`context.cancel()`; the client sees
+  CANCELLED). grpcio offers no server-side per-call deadline, and keepalive / ping-strike
+  options only act on idle or misbehaving connections, not on a stream that is merely silent;
+- `InFlightLimit`, a `grpc.ServerInterceptor`, counts admitted calls and refuses calls beyond
+  `inflight.grpc_in_flight_limit()` with UNAVAILABLE + RetryInfo (`errors.QueueFull`: the worker
+  is overloaded, retry later) before their body is read. Interceptors run in grpc's serving
+  thread, before the call is queued for a handler thread, and the limit is below GRPC_THREADS,
+  so a refusal always finds a free thread. grpc's own `maximum_concurrent_rpcs` is not used: it
+  answers RESOURCE_EXHAUSTED without RetryInfo, which OTLP clients treat as permanent.
+
 TLS: with settings.tls_cert_file/tls_key_file the port serves TLS only (a plaintext client fails
 its handshake, UNAVAILABLE on its side); with settings.tls_client_ca_file too, clients must present
 a certificate signed by that CA (mTLS). The files are read in `build_grpc_server`, i.e. when a
@@ -16,8 +33,10 @@ worker starts, so a rolling restart (SIGHUP) picks up rotated certificates.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -26,6 +45,7 @@ from otlp_ingest import errors
 from otlp_ingest.config import Settings
 from otlp_ingest.otlp.signals import SIGNALS, Signal
 from otlp_ingest.receiver.export import ExportService
+from otlp_ingest.receiver.inflight import grpc_in_flight_limit, memory_limits
 from otlp_ingest.receiver.rpc_status import DETAILS_TRAILER, status_bytes
 from otlp_ingest.status import retry_after_seconds, status_for
 from otlp_ingest.telemetry.logging import RateLimitedLogger
@@ -33,11 +53,17 @@ from otlp_ingest.telemetry.logging import RateLimitedLogger
 log = logging.getLogger(__name__)
 _unexpected_log = RateLimitedLogger(log)
 
-# Handler threads. Handlers never block (the ring write is try-or-refuse) and all their work holds
-# the GIL, so extra threads only add GIL hand-offs: measured on 2 cores with 100-span requests,
-# 1 thread costs ~375 us of CPU per RPC, 2 threads ~400 us, 4 threads ~450 us. The C-core does
-# the socket I/O on its own threads either way.
-GRPC_THREADS = 1
+# Handler threads. A handler holds its thread while the request message arrives (a slow client:
+# up to http_read_timeout) and, in durable mode, while its fsync completes (group commit wants
+# many waiters), so one thread let a single stalled client block the whole port. The decode work
+# holds the GIL, so the question was only what idle threads cost: measured with
+# /tmp/exp/cpu_split.py (2 workers, loadgen 100-span RPCs, 8 senders, 8 s, 2 cores shared with
+# the load generator), worker CPU per RPC: 1 thread 506 us, 4 threads 528 us, 8 threads 553 us,
+# 16 threads 471 us - within the run-to-run noise (+-10%). 16 it is.
+GRPC_THREADS = 16
+# Threads never given to admitted calls, so refusals (no body read, microseconds) always run.
+GRPC_REFUSAL_THREADS = 4
+_OVERLOAD_RETRY_AFTER = 1.0
 
 
 def grpc_address(bind: str, port: int) -> str:
@@ -84,8 +110,128 @@ def _abort(context: grpc.ServicerContext, signal: Signal, exc: BaseException) ->
     context.abort(wire.grpc_code, message)
 
 
-def _export_handler(service: ExportService, signal: Signal) -> Callable[[bytes, grpc.ServicerContext], bytes]:
-    def export(request: bytes, context: grpc.ServicerContext) -> bytes:
+class StallWatchdog:
+    """Cancels calls whose request message has not arrived within `timeout` seconds.
+
+    Handlers register while they wait for the message (`receive`); a daemon thread wakes at the
+    earliest deadline (or every second when nothing waits) and cancels what is overdue. At most
+    GRPC_THREADS calls wait at once, so a scan is a handful of comparisons.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._waiting: dict[object, tuple[float, grpc.ServicerContext]] = {}
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="grpc-stall-watchdog", daemon=True)
+        self._thread.start()
+
+    def receive(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes | None:
+        """The call's one request message; None when the client sent none. Raises grpc.RpcError
+        when the call was cancelled (by us or the client): grpc then answers nothing more."""
+        token = object()
+        with self._lock:
+            self._waiting[token] = (time.monotonic() + self.timeout, context)
+            if len(self._waiting) == 1:
+                self._wake.set()
+        try:
+            return next(requests, None)
+        finally:
+            with self._lock:
+                self._waiting.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                overdue = [t for t, (deadline, _) in self._waiting.items() if deadline <= now]
+                contexts = [self._waiting.pop(t)[1] for t in overdue]
+                wait = min((d for d, _ in self._waiting.values()), default=now + 1.0) - now
+                self._wake.clear()
+            for context in contexts:
+                _stall_log.warning(
+                    "stalled",
+                    "gRPC request message not received within %.1fs: call cancelled",
+                    self.timeout,
+                )
+                context.cancel()
+            self._wake.wait(max(0.01, min(wait, 1.0)))
+
+
+_stall_log = RateLimitedLogger(log)
+
+
+class InFlightLimit(grpc.ServerInterceptor):
+    """Admits at most `limit` calls at once; refuses the rest with UNAVAILABLE + RetryInfo.
+
+    `intercept_service` runs in grpc's serving thread for every call, before the call is queued
+    for a handler thread: an admitted call is counted until its handler returns; a refused one is
+    answered by a stream-unary handler that never reads the body. Only stream-unary handlers (the
+    Export methods) are counted; unknown methods pass through (grpc answers UNIMPLEMENTED).
+    """
+
+    def __init__(self, limit: int, service: ExportService, signals: dict[str, Signal]) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._lock = threading.Lock()
+        self._refusals = {
+            method: grpc.stream_unary_rpc_method_handler(self._refuse_behavior(service, signal))
+            for method, signal in signals.items()
+        }
+
+    def _refuse_behavior(
+        self, service: ExportService, signal: Signal
+    ) -> Callable[[Iterator[bytes], grpc.ServicerContext], bytes]:
+        def refuse(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+            exc = errors.QueueFull(
+                f"too many concurrent requests on this worker (limit {self.limit}); retry later",
+                retry_after=_OVERLOAD_RETRY_AFTER,
+            )
+            service.record_failure(signal, "grpc", exc)
+            _overload_log.warning(
+                "overload", "gRPC in-flight limit (%d) reached: refusing with UNAVAILABLE", self.limit
+            )
+            _abort(context, signal, exc)  # raises
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return refuse
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.stream_unary is None:
+            return handler
+        with self._lock:
+            admitted = self.in_flight < self.limit
+            if admitted:
+                self.in_flight += 1
+        if not admitted:
+            return self._refusals.get(handler_call_details.method, handler)
+        behavior = handler.stream_unary
+
+        def counted(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+            try:
+                return behavior(requests, context)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+
+        return handler._replace(stream_unary=counted)  # type: ignore[attr-defined]
+
+
+_overload_log = RateLimitedLogger(log)
+
+
+def _export_handler(
+    service: ExportService, signal: Signal, watchdog: StallWatchdog
+) -> Callable[[Iterator[bytes], grpc.ServicerContext], bytes]:
+    def export(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        request = watchdog.receive(requests, context)  # grpc.RpcError when cancelled: propagates
+        if request is None:  # what grpc says for a unary method called without a message
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Export requires exactly one request message")
         try:
             result = service.export(signal, request, "protobuf", "grpc")
             if result.ticket is not None:  # durable mode: answer once the record is fsynced
@@ -106,8 +252,12 @@ def build_grpc_server(service: ExportService, settings: Settings) -> grpc.Server
     RuntimeError when the port cannot be bound, OSError when a TLS file cannot be read.
     """
     credentials = server_credentials(settings)  # before the server exists: nothing to clean up
+    limit = grpc_in_flight_limit(settings, memory_limits(settings), GRPC_THREADS - GRPC_REFUSAL_THREADS)
+    methods = {info.grpc_method: signal for signal, info in SIGNALS.items()}
+    watchdog = StallWatchdog(settings.http_read_timeout)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=GRPC_THREADS, thread_name_prefix="grpc-export"),
+        interceptors=[InFlightLimit(limit, service, methods)],
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", settings.grpc_max_recv_bytes),
@@ -115,8 +265,9 @@ def build_grpc_server(service: ExportService, settings: Settings) -> grpc.Server
     )
     handlers = []
     for signal, info in SIGNALS.items():
-        method = grpc.unary_unary_rpc_method_handler(
-            _export_handler(service, signal),
+        # Stream-unary on our side so the handler reads the message itself, under the watchdog.
+        method = grpc.stream_unary_rpc_method_handler(
+            _export_handler(service, signal, watchdog),
             request_deserializer=None,  # raw bytes: validate decodes once
             response_serializer=None,  # the response is already serialized
         )

@@ -16,6 +16,14 @@ here the body must then be complete by that same deadline, else 408 + `Connectio
 chunked body that never ends, or one dribbled a byte at a time, holds a connection for at most
 `http_read_timeout`.
 
+Overload (docs/architecture.md, Memory): while the memory limiter refuses, a request is answered
+503 + Retry-After before its body is read (and the connection closed: the client resends anyway).
+Bodies held at once are bounded by a per-worker byte budget (`inflight.BodyBudget`, charged with
+the raw bytes as they arrive, then twice the decompressed size); a request that does not fit gets
+503 + Retry-After and a close. Decompression and `export` of bodies above OFFLOAD_BYTES run in a
+small thread pool, so one big body does not stall every other connection of the worker's event
+loop (small bodies stay inline: the executor hop would cost more than their work).
+
 TLS is the listener's business, not the app's: `server_ssl_context` builds the context the worker
 hands to uvicorn (see worker.py).
 """
@@ -27,6 +35,8 @@ import logging
 import ssl
 import time
 import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -37,7 +47,8 @@ from starlette.routing import Route
 from otlp_ingest import errors
 from otlp_ingest.config import Settings
 from otlp_ingest.otlp.signals import SIGNAL_BY_PATH, SIGNALS, Signal
-from otlp_ingest.receiver.export import ContentFormat, ExportService
+from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ContentFormat, ExportResult, ExportService
+from otlp_ingest.receiver.inflight import BODY_FACTOR, BodyBudget, http_body_slots, memory_limits
 from otlp_ingest.receiver.limits import decompress, normalize_encoding
 from otlp_ingest.receiver.rpc_status import status_bytes, status_json
 from otlp_ingest.status import retry_after_seconds, status_for
@@ -54,6 +65,16 @@ _MEDIA_TYPE = {"protobuf": PROTOBUF, "json": JSON}
 # arrived; set by the worker's protocol, absent when the app runs under another server.
 REQUEST_START_EXTENSION = "otlp_ingest.request_start"
 _DEADLINE_EXCEEDED = 4  # google.rpc.Code.DEADLINE_EXCEEDED
+
+# Bodies (raw, or compressed above OFFLOAD_COMPRESSED_BYTES: they may inflate up to the body limit)
+# whose decompress + decode + validate run off the event loop. Measured: a 22 MiB OTLP/JSON body
+# held the loop ~2 s; 256 KiB of protobuf takes ~1-2 ms, about the cost of the thread hop.
+OFFLOAD_BYTES = 256 * 1024
+OFFLOAD_COMPRESSED_BYTES = 32 * 1024
+# Two threads: big bodies hold the GIL anyway, more threads would only share it further; the
+# body budget bounds how many wait for them.
+OFFLOAD_THREADS = 2
+_BUSY_RETRY_AFTER = 1.0
 
 
 class BodyTimeout(errors.PermanentError):
@@ -145,21 +166,24 @@ def timeout_response(exc: BodyTimeout, fmt: ContentFormat) -> Response:
     return Response(body, 408, {"Connection": "close"}, _MEDIA_TYPE[fmt])
 
 
-async def read_body_by(request: Request, limit: int, deadline: float) -> bytes:
+async def read_body_by(
+    request: Request, limit: int, deadline: float, charge: Callable[[int], None] | None = None
+) -> bytes:
     """`read_body`, refused with BodyTimeout once time.monotonic() passes `deadline`."""
     remaining = deadline - time.monotonic()
     try:
         if remaining <= 0:
             raise TimeoutError
         async with asyncio.timeout(remaining):
-            return await read_body(request, limit)
+            return await read_body(request, limit, charge)
     except TimeoutError:
         raise BodyTimeout("request body not received within the read timeout; connection closed") from None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, charge: Callable[[int], None] | None = None) -> bytes:
     """The raw (possibly compressed) body, refusing with PayloadTooLarge as soon as it passes
-    `limit` bytes: by Content-Length before reading, else while streaming (chunked bodies)."""
+    `limit` bytes: by Content-Length before reading, else while streaming (chunked bodies).
+    `charge(n)` is called for every chunk kept (it raises to refuse the request)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -175,40 +199,99 @@ async def read_body(request: Request, limit: int) -> bytes:
             total += len(chunk)
             if total > limit:
                 raise errors.PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            if charge is not None:
+                charge(len(chunk))
             chunks.append(chunk)
     if len(chunks) == 1:
         return chunks[0]
     return b"".join(chunks)
 
 
+class _BodiesInFlight(errors.QueueFull):
+    """The worker's body budget is spent: 503 + Retry-After (retryable), the connection closed."""
+
+
+class _Held:
+    """The budget one request holds; released in full when the request ends."""
+
+    __slots__ = ("budget", "bytes", "exported")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.bytes = 0
+        self.exported = False
+
+    def charge(self, n: int) -> None:
+        if not self.budget.try_charge(n):
+            raise _BodiesInFlight(
+                "too many request bodies in flight on this worker; retry later", retry_after=_BUSY_RETRY_AFTER
+            )
+        self.bytes += n
+
+    def release(self) -> None:
+        self.budget.release(self.bytes)
+        self.bytes = 0
+
+
 def build_http_app(service: ExportService, settings: Settings) -> Starlette:
     """The Starlette app: three POST routes; 404/405 and any stray exception answered by the table."""
     limit = settings.http_max_body_bytes
     read_timeout = settings.http_read_timeout
+    slots = http_body_slots(settings, memory_limits(settings))
+    budget = BodyBudget(slots * BODY_FACTOR * limit)
+    offload = ThreadPoolExecutor(max_workers=OFFLOAD_THREADS, thread_name_prefix="http-offload")
+    log.debug(
+        "HTTP body budget %d bytes (%d bodies of %d bytes x %d)", budget.capacity, slots, limit, BODY_FACTOR
+    )
 
     def make_endpoint(signal: Signal):
+        def decode(held: _Held, encoding: str, raw: bytes, fmt: ContentFormat) -> ExportResult:
+            body = raw if encoding == "identity" else decompress(encoding, raw, limit)
+            held.charge(2 * len(body))  # the decompressed bytes and the decoded request
+            held.exported = True  # from here on export() counts the outcome itself
+            return service.export(signal, body, fmt, "http")
+
         async def endpoint(request: Request) -> Response:
             headers = request.headers
             content_type = headers.get("content-type")
             fmt: ContentFormat = "json"
+            held = _Held(budget)
             try:
                 fmt = content_format(content_type)
                 encoding = normalize_encoding(headers.get("content-encoding"))
-                body = await read_body_by(request, limit, request_deadline(request, read_timeout))
-                if encoding != "identity":
-                    body = decompress(encoding, body, limit)
+                if service.memory_refusing():  # before reading: the body would only add to it
+                    raise errors.MemoryLimited(
+                        "memory limit reached: the server is overloaded, retry later",
+                        retry_after=MEMORY_RETRY_AFTER,
+                    )
+                raw = await read_body_by(request, limit, request_deadline(request, read_timeout), held.charge)
+                big = len(raw) > (OFFLOAD_BYTES if encoding == "identity" else OFFLOAD_COMPRESSED_BYTES)
+                if big:  # off the loop: other connections keep being served meanwhile
+                    result = await asyncio.get_running_loop().run_in_executor(
+                        offload, decode, held, encoding, raw, fmt
+                    )
+                else:
+                    result = decode(held, encoding, raw, fmt)
+                del raw
+                if result.ticket is not None:  # durable mode: answer once the record is fsynced
+                    result = await service.durable(result)
             except BodyTimeout as exc:
                 service.record_failure(signal, "http", exc)
                 return timeout_response(exc, fmt)
+            except (_BodiesInFlight, errors.MemoryLimited) as exc:
+                if not held.exported:
+                    service.record_failure(signal, "http", exc)
+                response = error_response(exc, fmt)
+                response.headers["Connection"] = "close"  # the body may be unread: do not reuse
+                return response
             except errors.OtlpError as exc:
-                service.record_failure(signal, "http", exc)
+                if not held.exported:  # export() counts its own outcomes
+                    service.record_failure(signal, "http", exc)
                 return error_response(exc, fmt)
-            try:
-                result = service.export(signal, body, fmt, "http")
-                if result.ticket is not None:  # durable mode: answer once the record is fsynced
-                    result = await service.durable(result)
             except Exception as exc:  # every failure becomes a status: never a bare 500
                 return error_response(exc, fmt, f"{SIGNALS[signal].name} export")
+            finally:
+                held.release()
             return Response(result.response, 200, media_type=_MEDIA_TYPE[fmt])
 
         return endpoint

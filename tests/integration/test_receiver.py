@@ -77,11 +77,13 @@ class Worker:
         overrides.setdefault("grpc_port", self.grpc_port)
         overrides.setdefault("http_port", self.http_port)
         settings = Settings(
-            bind="127.0.0.1",
-            grpc_max_recv_bytes=LIMIT,
-            http_max_body_bytes=LIMIT,
-            shutdown_timeout=3.0,
-            **overrides,
+            **{
+                "bind": "127.0.0.1",
+                "grpc_max_recv_bytes": LIMIT,
+                "http_max_body_bytes": LIMIT,
+                "shutdown_timeout": 3.0,
+                **overrides,
+            }
         )
         self.ready_file = tmp / f"{self.ring}.ready"
         env = dict(os.environ, OTLP_INGEST_SETTINGS_JSON=msgspec.json.encode(settings).decode())

@@ -1,0 +1,77 @@
+"""How much request-body memory one receiver worker lets in at once, per transport.
+
+The memory limiter (`telemetry/memory.py`) refuses new requests once the tree is above its soft
+limit, but it samples every 0.2 s and cannot stop bodies already being read or decoded. These
+bounds make the in-flight part finite and small enough to fit the soft limit:
+
+- gRPC: at most `grpc_in_flight_limit()` Export calls admitted at once (`grpc_service.InFlightLimit`);
+  each holds at most `grpc_max_recv_bytes` x ~3 (message, decoded request, re-serialized subset).
+- HTTP: a byte budget (`BodyBudget`) charged with the bytes a request actually holds: the raw
+  body as it is read (so a slow client holds only what it sent), then 2 x the decompressed size
+  (decompressed bytes + decoded request). Sized as N worst-case bodies of `http_max_body_bytes`
+  x 3, N = `http_body_slots()`.
+
+N (and the gRPC limit) is derived, not configured: the number of worst-case requests per worker
+that fit half of the soft limit each (the other half is the transport next door), at least
+`MIN_SLOTS` so ordinary concurrency is never refused, and without a memory limit a fixed default.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from otlp_ingest.config import Settings
+from otlp_ingest.telemetry.memory import MemoryLimits, resolve_limits
+
+# Worst-case bytes held per byte of request body: the body, the decoded request, the re-serialized
+# subset (or, in the ring path, the copy written).
+BODY_FACTOR = 3
+MIN_SLOTS = 4
+HTTP_SLOTS_UNLIMITED = 16  # no memory limit: still bounded, generously
+
+
+def _slots(settings: Settings, body_bytes: int, limits: MemoryLimits | None, default: int) -> int:
+    if limits is None:
+        return default
+    share = limits.soft // 2 // max(1, settings.resolved_workers())
+    return max(MIN_SLOTS, share // (BODY_FACTOR * max(1, body_bytes)))
+
+
+def memory_limits(settings: Settings) -> MemoryLimits | None:
+    """The limiter's limits for these settings (reads the cgroup when derived)."""
+    return resolve_limits(settings.memory_limit_mib, settings.memory_spike_limit_mib)
+
+
+def http_body_slots(settings: Settings, limits: MemoryLimits | None) -> int:
+    """Worst-case (`http_max_body_bytes`) HTTP bodies one worker holds at once."""
+    return _slots(settings, settings.http_max_body_bytes, limits, HTTP_SLOTS_UNLIMITED)
+
+
+def grpc_in_flight_limit(settings: Settings, limits: MemoryLimits | None, ceiling: int) -> int:
+    """Export calls one worker admits at once: memory-derived, at most `ceiling` (handler
+    threads minus the ones kept free for refusals), at least MIN_SLOTS."""
+    return min(ceiling, _slots(settings, settings.grpc_max_recv_bytes, limits, ceiling))
+
+
+class BodyBudget:
+    """A byte budget for request bodies held by one worker; `try_charge` is all or nothing.
+
+    Used from the event loop and the offload threads, hence the lock (uncontended: ~100 ns)."""
+
+    __slots__ = ("_lock", "capacity", "used")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def try_charge(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.capacity:
+                return False
+            self.used += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
