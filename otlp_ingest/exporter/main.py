@@ -372,7 +372,13 @@ class _Exporter:
             committable = self.pending[ring].pop_committable()
             if committable:
                 # commit releases a record and every one before it: the last one is enough.
-                self.readers[ring].commit(committable[-1])
+                try:
+                    self.readers[ring].commit(committable[-1])
+                except OSError as exc:
+                    # A full disk (ENOSPC writing a WAL's commit offset) must not kill the exporter:
+                    # the offset stays behind on disk, the next commit of a later record covers
+                    # these too, and a crash meanwhile re-sends them (at-least-once).
+                    limited.warning("commit_failed", "queue %s: commit failed: %s", ring, exc)
         return bool(touched)
 
     def _count(self, batch: Batch[PendingEntry[Record]], report: SendReport) -> None:
