@@ -1,10 +1,8 @@
 """Durable mode (OTLP_QUEUE_DIR) faults: kill -9 of the whole tree under load then a restart on the
 same queue directory, and a full disk.
 
-Both run only against a server that supports durable mode: a server started with OTLP_QUEUE_DIR
-must have put its logs (or its lock) into the directory; one that ignores the setting makes the
-test skip with that reason. tests/integration/test_durable.py checks the durable details
-(quarantine, locking, one gRPC client); these reconcile mixed gRPC+HTTP load of every signal.
+tests/integration/test_durable.py checks the durable details (quarantine, locking, one gRPC
+client); these reconcile mixed gRPC+HTTP load of every signal.
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,9 +41,11 @@ def durable_env(queue_dir: Path, endpoint: str, **extra: str) -> dict[str, str]:
 
 
 def require_durable(server: ServerProcess, queue_dir: Path) -> None:
-    """Skip unless this server build honours OTLP_QUEUE_DIR (it creates its logs at start)."""
-    if not queue_dir.is_dir() or not any(queue_dir.iterdir()):
-        pytest.skip("this server ignores OTLP_QUEUE_DIR: durable mode is not wired in yet")
+    """The server honours OTLP_QUEUE_DIR: its logs are there from the start (were they not, the
+    scenario would test the shared-memory rings and prove nothing about durable mode)."""
+    assert queue_dir.is_dir() and any(queue_dir.iterdir()), (
+        f"the server ignored OTLP_QUEUE_DIR {queue_dir}; log:\n{server.log_tail()}"
+    )
 
 
 def kill_tree(server: ServerProcess) -> None:
@@ -99,17 +100,52 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _fill(path: Path) -> None:
-    """Write zeros to `path` until the file system is full."""
-    with open(path, "wb") as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 65536)
-            f.flush()
+class Filler:
+    """Keeps a file system full: appends to `path` whenever space appears (as another process
+    eating the disk would), so the server also meets ENOSPC after it freed a segment."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.full = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        chunk = b"\0" * 4096
+        with open(self.path, "ab", buffering=0) as f:
+            while not self._stop.is_set():
+                try:
+                    f.write(chunk)
+                except OSError:
+                    self.full.set()
+                    self._stop.wait(0.005)
+
+    def __enter__(self) -> Filler:
+        self._thread.start()
+        assert self.full.wait(20), "the tmpfs never filled up"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.path.unlink()  # space returns
+
+
+def refusals(load: Load) -> int:
+    return sum(len(s.hints) for s in load.stats.values())
+
+
+def delivered(backend: RecordingBackend) -> int:
+    return sum(r["items"] for r in backend.records().values())
 
 
 def test_disk_full_refuses_retryably_keeps_running_and_recovers(
-    server_factory: Callable[..., ServerProcess], backend: RecordingBackend, small_tmpfs: Path
+    server_factory: Callable[..., ServerProcess],
+    backend_factory: Callable[..., RecordingBackend],
+    small_tmpfs: Path,
 ) -> None:
+    # Slow acks: batches are in flight when the disk fills, so exporters commit on a full disk.
+    backend = backend_factory(delay_ms=300)
     queue_dir = small_tmpfs / "queue"
     env = durable_env(queue_dir, backend.grpc_endpoint, OTLP_QUEUE_SEGMENT_BYTES="64KiB")
     server = server_factory(env=env)
@@ -121,16 +157,13 @@ def test_disk_full_refuses_retryably_keeps_running_and_recovers(
         load.wait_acked(40)
         rounds = 5 if SOAK else 1
         for _ in range(rounds):
-            _fill(junk)
-            refused = sum(len(s.hints) for s in load.stats.values())
-            wait_until(
-                lambda refused=refused: sum(len(s.hints) for s in load.stats.values()) >= refused + 10,
-                20,
-                0.05,
-                "retryable refusals on a full disk",
-            )
-            assert server.ready(), "the server must keep running on a full disk"
-            junk.unlink()  # space returns
+            refused = refusals(load)
+            with Filler(junk):
+                sent = delivered(backend)
+                wait_until(lambda n=refused: refusals(load) >= n + 10, 20, 0.05, "refusals on a full disk")
+                # Batches acked while the disk is full: the exporters commit on a full disk too.
+                wait_until(lambda n=sent: delivered(backend) > n, 20, 0.05, "deliveries on a full disk")
+                assert server.ready(), "the server must keep running on a full disk"
             load.wait_acked(40)
     assert not load.errors(), load.errors()  # refused with a hint, never a bare error
     assert {(c.role, c.index): c.process.pid for c in server.children()} == pids, "a child died"
