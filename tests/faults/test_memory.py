@@ -10,6 +10,7 @@ tests/integration/test_memory_limit.py (which keeps the limit-derivation tests).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -51,8 +52,12 @@ def test_overload_past_the_memory_limit(
 
     # Idle usage of this tree on this machine, measured with a limit far above it.
     probe = server_factory(env={**env, "OTLP_MEMORY_LIMIT_MIB": "100000"})
+    probe_wait = threading.Event()  # never set: paces the samples
     wait_until(lambda: _usage(probe) > 0, timeout=10)
-    idle = max(_usage(probe) for _ in range(5))
+    idle = 0.0
+    for _ in range(5):  # over a second of the limiter's 200 ms samples, not one sample 5 times
+        idle = max(idle, _usage(probe))
+        probe_wait.wait(0.25)
     assert probe.stop() == 0
 
     hard_mib = int(idle / MiB) + HEADROOM_MIB
