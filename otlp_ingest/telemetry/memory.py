@@ -5,7 +5,10 @@ of the cgroup memory limit, or none without one) and a soft limit = hard - spike
 (`OTLP_MEMORY_SPIKE_LIMIT_MIB`, or 20% of the hard limit). At or above the soft limit every worker
 refuses new data with a retryable `MemoryLimited` (UNAVAILABLE + RetryInfo / 503 + Retry-After);
 it accepts again once usage is back below the resume level (soft - 5% of hard: hysteresis, so
-the state does not flap every sample). While refusing, every worker runs `gc.collect()` and glibc
+the state does not flap every sample), or once it has stayed below the soft limit for `BAND_HOLD`
+seconds: freed memory that CPython and glibc keep for reuse can hold the tree in the band between
+the two levels with nothing in flight, and refusing forever then protects nothing.
+While refusing, every worker runs `gc.collect()` and glibc
 `malloc_trim(0)` twice a second in a small thread: CPython and glibc rarely give freed memory back
 to the OS by themselves (large buffers, > 128 KiB, are mmap'ed and do return at once), and without
 the trim a burst can leave the tree above the resume level for good. Above the hard limit workers
@@ -44,6 +47,7 @@ import logging
 import mmap
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -55,6 +59,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 INTERVAL = 0.2  # seconds between samples: a 4 MiB request every ms is 800 MiB/s, so be quick
+BAND_HOLD = 2.0  # seconds below the soft limit after which refusing stops even above `resume`
 RECLAIM_EVERY = 0.5  # seconds between gc.collect/malloc_trim in a process while refusing
 # cgroup v1 reports "no limit" as a huge page-rounded number (2^63 - 4096 on x86-64).
 _NO_LIMIT_ABOVE = 1 << 60
@@ -207,6 +212,7 @@ class MemoryLimiter:
         pids: Callable[[], Iterable[int]],
         rings: Callable[[], Iterable[str]],
         interval: float = INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = flag_name(supervisor_pid)
         self.limits = limits
@@ -216,6 +222,8 @@ class MemoryLimiter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._state = ACCEPT
+        self._band_since: float | None = None  # when usage last fell below soft while refusing
+        self._clock = clock
         self._trips = 0
         path = segment_path(self.name)
         tmp = f"{path}.tmp-{os.getpid()}"
@@ -274,8 +282,15 @@ class MemoryLimiter:
             state = REFUSE
         elif usage < limits.resume:
             state = ACCEPT
-        else:
-            state = self._state and REFUSE  # between resume and soft: keep refusing, or accepting
+        elif self._state == ACCEPT:
+            state = ACCEPT  # between resume and soft, coming from below: keep accepting
+        else:  # between resume and soft while refusing: hold for BAND_HOLD, then accept
+            now = self._clock()
+            if self._band_since is None:
+                self._band_since = now
+            state = ACCEPT if now - self._band_since >= BAND_HOLD else REFUSE
+        if state != REFUSE or usage >= limits.soft:
+            self._band_since = None
         if state != ACCEPT and self._state == ACCEPT:
             self._trips += 1
             store_u64(self._mm, OFF_TRIPS, self._trips)
