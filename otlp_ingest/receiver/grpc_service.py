@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -46,7 +45,7 @@ from otlp_ingest.config import Settings
 from otlp_ingest.otlp.signals import SIGNALS, Signal
 from otlp_ingest.receiver.export import ExportService
 from otlp_ingest.receiver.inflight import grpc_in_flight_limit, memory_limits
-from otlp_ingest.receiver.rpc_status import DETAILS_TRAILER, status_bytes
+from otlp_ingest.receiver.rpc_status import DETAILS_TRAILER, client_message, status_bytes
 from otlp_ingest.status import retry_after_seconds, status_for
 from otlp_ingest.telemetry.logging import RateLimitedLogger
 
@@ -94,16 +93,8 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 def _abort(context: grpc.ServicerContext, signal: Signal, exc: BaseException) -> None:
     wire = status_for(exc)
-    if isinstance(exc, errors.OtlpError):
-        message = exc.message
-    else:
-        _unexpected_log.error(
-            "unexpected",
-            "unexpected error in gRPC %s export (answered UNAVAILABLE): %s",
-            SIGNALS[signal].name,
-            traceback.format_exc(),
-        )
-        message = "internal error; the data was not accepted, retry later"
+    where = f"gRPC {SIGNALS[signal].name} export (answered UNAVAILABLE)"
+    message = client_message(exc, _unexpected_log, where)
     retry = retry_after_seconds(exc) if wire.retry_hint else None
     details = status_bytes(wire.grpc_code.value[0], message, retry)
     context.set_trailing_metadata(((DETAILS_TRAILER, details),))

@@ -34,7 +34,6 @@ import asyncio
 import logging
 import ssl
 import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,7 +49,7 @@ from otlp_ingest.otlp.signals import SIGNAL_BY_PATH, SIGNALS, Signal
 from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ContentFormat, ExportResult, ExportService
 from otlp_ingest.receiver.inflight import BODY_FACTOR, BodyBudget, http_body_slots, memory_limits
 from otlp_ingest.receiver.limits import decompress, normalize_encoding
-from otlp_ingest.receiver.rpc_status import status_bytes, status_json
+from otlp_ingest.receiver.rpc_status import client_message, status_bytes, status_json
 from otlp_ingest.status import retry_after_seconds, status_for
 from otlp_ingest.telemetry.logging import RateLimitedLogger
 
@@ -124,16 +123,7 @@ def _reply_format(content_type: str | None) -> ContentFormat:
 def error_response(exc: BaseException, fmt: ContentFormat, context: str = "") -> Response:
     """The HTTP response for `exc`: status from the table, google.rpc.Status body, Retry-After."""
     wire = status_for(exc)
-    if isinstance(exc, errors.OtlpError):
-        message = exc.message
-    else:
-        _unexpected_log.error(
-            "unexpected",
-            "unexpected error in HTTP %s (answered 503): %s",
-            context,
-            "".join(traceback.format_exception(exc)),
-        )
-        message = "internal error; the data was not accepted, retry later"
+    message = client_message(exc, _unexpected_log, f"HTTP {context} (answered 503)")
     headers: dict[str, str] = {}
     retry = None
     if wire.retry_hint:

@@ -8,13 +8,36 @@ requests and as proto3 JSON (`{"code": 3, "message": "..."}`) for JSON requests.
 from __future__ import annotations
 
 import json
+import traceback
 
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
+from otlp_ingest import errors
+from otlp_ingest.telemetry.logging import RateLimitedLogger
+
 # The gRPC trailer that carries the serialized google.rpc.Status.
 DETAILS_TRAILER = "grpc-status-details-bin"
 _RETRY_INFO_TYPE_URL = "type.googleapis.com/google.rpc.RetryInfo"
+# What a client is told about an unexpected error: its text may hold internals (paths, values).
+INTERNAL_ERROR_MESSAGE = "internal error; the data was not accepted, retry later"
+
+
+def client_message(exc: BaseException, unexpected_log: RateLimitedLogger, where: str) -> str:
+    """The message a client may see for `exc`, shared by both transports.
+
+    An `OtlpError` carries a message meant for the client. Anything else is a bug or an
+    environment failure: it is logged with its traceback (rate-limited under the key
+    "unexpected", as "unexpected error in <where>: ..."; `where` names the transport, the
+    request and the answer) and the client gets `INTERNAL_ERROR_MESSAGE`.
+    """
+    if isinstance(exc, errors.OtlpError):
+        return exc.message
+    # format_exception(exc), not format_exc(): callers may be outside the except block.
+    unexpected_log.error(
+        "unexpected", "unexpected error in %s: %s", where, "".join(traceback.format_exception(exc))
+    )
+    return INTERNAL_ERROR_MESSAGE
 
 
 def status_message(code: int, message: str, retry_after: int | None = None) -> status_pb2.Status:
