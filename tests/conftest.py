@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,29 +23,10 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.waiting import free_port, wait_until
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHILD_BOOT_EXIT = 3  # errors.ExitCode.CHILD_BOOT: e.g. a port we picked was taken in between
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """An ephemeral TCP port that was free a moment ago (bind port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_until(
-    predicate: Callable[[], object], timeout: float, interval: float = 0.05, what: str = ""
-) -> object:
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -10,7 +10,6 @@ deploy/prometheus/alerts.yml every second. Checked through Prometheus's HTTP API
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -23,14 +22,9 @@ from otlp_ingest.loadgen import LoadgenOptions, run_loadgen
 from tests.conftest import ServerProcess, wait_until
 from tests.deploy.tools import ALERTS, ROOT, dashboard_exprs, metric_names_in, recorded_names, run, tool
 from tests.support.backend import RecordingBackend
+from tests.support.waiting import free_port
 
 JOB = "otlp-ingest"  # the job label every rule and panel selects on
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _send(server: ServerProcess, signal: str, requests_: int = 3) -> None:
@@ -77,7 +71,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             what="a permanent backend rejection counted as send-failed",
         )
 
-        port = _free_port()
+        port = free_port()
         config = tmp / "prometheus.yml"
         rules = tmp / "alerts.yml"
         shutil.copy(ALERTS, rules)

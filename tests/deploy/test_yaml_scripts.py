@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
 from tests.deploy.tools import DEPLOY, ROOT, SCRIPTS, run, tool
+from tests.support.waiting import free_port
 
 YAML_FILES = [ROOT / "docker-compose.yml", *sorted(DEPLOY.rglob("*.yml")), *sorted(DEPLOY.rglob("*.yaml"))]
 SCRIPT_IDS = [p.name for p in SCRIPTS]
@@ -49,10 +49,7 @@ def test_unknown_argument_is_a_usage_error(script: Path) -> None:
 
 def _dead_url() -> str:
     """A localhost URL nothing listens on: bind an ephemeral port, then close it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @pytest.mark.parametrize(

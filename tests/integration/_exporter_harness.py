@@ -11,9 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
@@ -25,19 +23,7 @@ from otlp_ingest.config import Settings, settings_to_json
 from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.ring import RingWriter, create_ring, ring_name, unlink_ring
 
-T = TypeVar("T")
 _ring_ids = itertools.count(9000)
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)  # polling with a deadline
 
 
 class Rings:

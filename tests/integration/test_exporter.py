@@ -29,16 +29,9 @@ from tests.integration._exporter_harness import (
     metric_points,
     span_keys,
     spans,
-    wait_until,
 )
 from tests.support.backend import RecordingBackend
-
-
-@pytest.fixture
-def rings() -> Iterator[Rings]:
-    r = Rings()
-    yield r
-    r.close()
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -96,7 +89,7 @@ def test_every_item_exactly_once_in_batches_of_batch_size(
         assert records["traces"]["max_request_items"] == 100  # 10-span records fill batches exactly
         assert records["logs"]["max_request_items"] == 100
         assert records["metrics"]["max_request_items"] <= 100
-        wait_until(lambda: all(ring_empty(n) for n in names), 10, "rings committed")
+        wait_until(lambda: all(ring_empty(n) for n in names), 10, what="rings committed")
         assert e.counter("otlp_exporter_sent_spans", exporter="0") == 300
         assert e.terminate() == ExitCode.OK
 
@@ -173,7 +166,7 @@ def test_permanent_failure_drops_counts_and_commits(
     with RecordingBackend(fail_first=1, fail_code=code) as backend:
         endpoint = backend.grpc_endpoint if protocol == "grpc" else backend.http_endpoint
         e = start(exporters, tmp_path, [name], endpoint=endpoint, export_protocol=protocol)
-        wait_until(lambda: ring_empty(name), 10, "dropped batch committed")
+        wait_until(lambda: ring_empty(name), 10, what="dropped batch committed")
         assert e.counter("otlp_exporter_send_failed_spans", exporter="0", reason="permanent") == 7
         assert e.counter("otlp_exporter_send_failed_spans", exporter="0") == 7
         assert backend.records()["traces"]["failed"] == 1
@@ -200,13 +193,15 @@ def test_sigkill_mid_stream_then_replacement_delivers_everything(
         delivered_before = backend.records()["traces"]["items"]
         assert delivered_before < total, "too fast to test a crash mid-stream"
         start(exporters, tmp_path, names, **settings)
-        wait_until(lambda: set(backend.records()["traces"]["keys"]) >= span_keys(0, total), 30, "all spans")
+        wait_until(
+            lambda: set(backend.records()["traces"]["keys"]) >= span_keys(0, total), 30, what="all spans"
+        )
         keys = backend.records()["traces"]["keys"]
         assert set(keys) == span_keys(0, total)
         # Only the batches in flight at the kill may be delivered twice.
         duplicates = sum(c - 1 for c in keys.values())
         assert duplicates <= 2 * 50 * 2  # concurrency x batch_size, per ring read-ahead slack
-        wait_until(lambda: all(ring_empty(n) for n in names), 10, "rings committed")
+        wait_until(lambda: all(ring_empty(n) for n in names), 10, what="rings committed")
 
 
 def test_sigterm_drains_at_once_and_exits_zero(
@@ -234,7 +229,7 @@ def test_sigterm_with_backend_down_times_out_and_keeps_data(
     rings.write(name, Signal.TRACES, 5, spans(0, 5))
     with RecordingBackend(fail_first=1_000_000, fail_code="unavailable", retry_after_s=30) as backend:
         e = start(exporters, tmp_path, [name], endpoint=backend.grpc_endpoint, shutdown_timeout=1.0)
-        wait_until(lambda: backend.records()["traces"]["failed"] >= 1, 10, "a first attempt")
+        wait_until(lambda: backend.records()["traces"]["failed"] >= 1, 10, what="a first attempt")
         started = time.monotonic()
         assert e.terminate() == ExitCode.SHUTDOWN_TIMEOUT
         assert time.monotonic() - started < 5  # the 30 s retry wait was interrupted
@@ -340,7 +335,7 @@ def test_send_pool_unexpected_error_backoff_is_cut_short_by_abort() -> None:
     pool = _SendPool(1, sender, RetryPolicy(5.0, 60.0, 0.0), abort, wake, "t", SendWindow(1))
     try:
         pool.submit(Batch(Signal.TRACES, 0.0, [spans(0, 1)], [1], [0], 1))
-        wait_until(lambda: sender.bad < 10**9, 10, "first attempt")
+        wait_until(lambda: sender.bad < 10**9, 10, what="first attempt")
         start = time.monotonic()
         abort.set()
         outcome = pool.outcomes.get(timeout=10)

@@ -30,16 +30,9 @@ from tests.integration._exporter_harness import (
     metric_points,
     span_keys,
     spans,
-    wait_until,
 )
 from tests.support.recording_backend import item_keys
-
-
-@pytest.fixture
-def rings() -> Iterator[Rings]:
-    r = Rings()
-    yield r
-    r.close()
+from tests.support.waiting import wait_until
 
 
 def file_keys(data_dir: Path, signal_name: str) -> tuple[Counter[str], int]:
@@ -67,7 +60,7 @@ def test_files_parse_back_into_the_same_items(rings: Rings, tmp_path: Path) -> N
         rings.write(name, Signal.METRICS, 3, metric_points(i * 3, 3))
     data_dir = tmp_path / "data"
     e = ExporterProcess(settings(data_dir, batch_size=25), [name], tmp_path)
-    wait_until(lambda: ring_usage(name).records == 0, 10, "records committed")
+    wait_until(lambda: ring_usage(name).records == 0, 10, what="records committed")
     assert e.terminate() == ExitCode.OK
     for signal_name, expected in (
         ("traces", span_keys(0, 100)),
@@ -87,7 +80,7 @@ def test_rotation_by_size_keeps_every_item(rings: Rings, tmp_path: Path) -> None
         rings.write(name, Signal.TRACES, 2, spans(i * 2, 2))
     data_dir = tmp_path / "data"
     e = ExporterProcess(settings(data_dir, batch_size=2, file_rotate_bytes=2000), [name], tmp_path)
-    wait_until(lambda: ring_usage(name).records == 0, 10, "records committed")
+    wait_until(lambda: ring_usage(name).records == 0, 10, what="records committed")
     assert e.terminate() == ExitCode.OK
     rotated = sorted(p.name for p in data_dir.glob("traces-*.jsonl"))
     assert len(rotated) >= 3
@@ -110,7 +103,7 @@ def test_two_exporters_append_to_the_same_files_without_tearing_lines(rings: Rin
         )
         for j, n in enumerate(names)
     ]
-    wait_until(lambda: all(ring_usage(n).records == 0 for n in names), 15, "records committed")
+    wait_until(lambda: all(ring_usage(n).records == 0 for n in names), 15, what="records committed")
     assert [e.terminate() for e in both] == [ExitCode.OK, ExitCode.OK]
     keys, lines = file_keys(data_dir, "traces")  # every line parses: no interleaved writes
     assert keys == Counter(span_keys(0, 600))
