@@ -18,6 +18,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from otlp_ingest.otlp.signals import Signal
 
 T0 = 1_700_000_000_000_000_000
+# Valid ids (16 and 8 bytes) for hand-built items; tests make them invalid by slicing or padding.
+TID, SID = bytes(range(1, 17)), bytes(range(1, 9))
 
 
 def kv(key: str, value: str | int | float | bool) -> KeyValue:
@@ -139,6 +141,15 @@ def logs(n: int) -> ExportLogsServiceRequest:
         )
         record.body.string_value = f"order {i} placed for customer {i * 7 % 1000}"
         record.attributes.extend([kv("code.function", "place_order"), kv("order.total", 19.99 + i)])
+    return req
+
+
+def traces_with(*spans: dict) -> ExportTraceServiceRequest:
+    """One resource, one scope, a span per dict: valid ids (TID, SID) unless a dict overrides them."""
+    req = ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    for fields in spans:
+        ss.spans.add(**{"trace_id": TID, "span_id": SID, **fields})
     return req
 
 

@@ -12,16 +12,7 @@ from otlp_ingest.errors import InvalidArgument
 from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.otlp.validate import ValidatedPayload, count_items, validate_message, validate_protobuf
 from tests.golden import samples
-
-TID, SID = bytes(range(1, 17)), bytes(range(1, 9))
-
-
-def traces_with(*spans: dict) -> ExportTraceServiceRequest:
-    req = ExportTraceServiceRequest()
-    ss = req.resource_spans.add().scope_spans.add()
-    for fields in spans:
-        ss.spans.add(**{"trace_id": TID, "span_id": SID, **fields})
-    return req
+from tests.golden.samples import SID, TID, traces_with
 
 
 @pytest.mark.parametrize("signal", list(Signal), ids=lambda s: s.name.lower())

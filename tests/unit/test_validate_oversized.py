@@ -9,17 +9,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.otlp.validate import validate_message, validate_protobuf
-
-TID, SID = bytes(range(1, 17)), bytes(range(1, 9))
-
-
-def traces_with(*spans: dict) -> ExportTraceServiceRequest:
-    req = ExportTraceServiceRequest()
-    ss = req.resource_spans.add().scope_spans.add()
-    for fields in spans:
-        ss.spans.add(**{"trace_id": TID, "span_id": SID, **fields})
-    return req
-
+from tests.golden.samples import traces_with
 
 # --- items too large to ever be sent (max_item_bytes = batch_max_bytes) ----------------------------
 
