@@ -10,10 +10,14 @@ import contextlib
 import mmap
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from otlp_ingest.ring import layout
 from otlp_ingest.ring.layout import RingCorrupt, RingUsage
+
+T = TypeVar("T")
 
 
 def create_ring(name: str, capacity_bytes: int, max_records: int) -> None:
@@ -30,11 +34,9 @@ def create_ring(name: str, capacity_bytes: int, max_records: int) -> None:
         raise ValueError(f"ring capacity {capacity_bytes} bytes is below {layout.MIN_CAPACITY}")
     if max_records < 1:
         raise ValueError(f"ring max_records {max_records} must be at least 1")
-    path = layout.segment_path(name)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        size = layout.HEADER_SIZE + capacity
+    size = layout.HEADER_SIZE + capacity
+
+    def fill(fd: int) -> None:
         os.ftruncate(fd, size)
         if hasattr(os, "posix_fallocate"):
             os.posix_fallocate(fd, 0, size)
@@ -49,7 +51,24 @@ def create_ring(name: str, capacity_bytes: int, max_records: int) -> None:
         )
         # The rest of the header (counters, pids) is already zero from ftruncate.
         os.pwrite(fd, header, 0)
+
+    create_complete(layout.segment_path(name), fill)
+
+
+def create_complete(path: str, fill: Callable[[int], T]) -> T:
+    """Create (or replace) the file at ``path`` so that others see it complete or not at all.
+
+    ``fill(fd)`` builds the file under a temporary name (``<path>.tmp-<pid>``, mode 0600, opened
+    read-write) and may return something that outlives the descriptor, e.g. an mmap of it; the
+    file is then renamed into place and ``fill``'s result returned. If anything fails, the
+    temporary file is removed and the error raised. The descriptor is closed either way.
+    """
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        result = fill(fd)
         os.rename(tmp, path)
+        return result
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import psutil
 
 from otlp_ingest.ring.layout import NAME_PREFIX, load_u64, segment_path, store_u64
+from otlp_ingest.ring.segment import create_complete
 
 log = logging.getLogger(__name__)
 
@@ -225,20 +226,14 @@ class MemoryLimiter:
         self._band_since: float | None = None  # when usage last fell below soft while refusing
         self._clock = clock
         self._trips = 0
-        path = segment_path(self.name)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
+
+        def fill(fd: int) -> mmap.mmap:
             os.ftruncate(fd, SIZE)
             os.pwrite(fd, MAGIC, 0)
-            self._mm = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            os.rename(tmp, path)  # attachers see a complete file or none
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        finally:
-            os.close(fd)
+            return mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+        # Attachers see a complete file or none.
+        self._mm = create_complete(segment_path(self.name), fill)
         if limits is not None:
             store_u64(self._mm, OFF_HARD, limits.hard)
             store_u64(self._mm, OFF_SOFT, limits.soft)
