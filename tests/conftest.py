@@ -189,18 +189,21 @@ class ServerProcess:
         return self.returncode
 
     def kill(self) -> None:
-        """SIGKILL the whole tree (teardown of a failed test only)."""
+        """SIGKILL the whole tree and wait for every process: a crash (kill -9) in fault
+        scenarios, and the teardown of a failed test. Children first: they are in their own
+        process groups and get SIGTERM when the supervisor dies (PDEATHSIG), a clean stop."""
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
             children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             children = []
-        for p in [*children]:
+        for p in children:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         self.proc.kill()
         self.returncode = self.proc.wait(10)
+        psutil.wait_procs(children, timeout=10)
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -1,20 +1,18 @@
 """Durable mode (OTLP_QUEUE_DIR) faults: kill -9 of the whole tree under load then a restart on the
 same queue directory, and a full disk.
 
-tests/integration/test_durable.py checks the durable details (quarantine, locking, one gRPC
-client); these reconcile mixed gRPC+HTTP load of every signal.
+tests/integration/test_durable.py checks the durable details (quarantine, locking, the kept shm
+ring); these reconcile mixed gRPC+HTTP load of every signal.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.conftest import ServerProcess, wait_until
@@ -48,19 +46,6 @@ def require_durable(server: ServerProcess, queue_dir: Path) -> None:
     )
 
 
-def kill_tree(server: ServerProcess) -> None:
-    """SIGKILL every child, then the supervisor: children first, since a dying supervisor would
-    have them stopped cleanly (PDEATHSIG -> SIGTERM), which is not a crash."""
-    assert server.proc is not None
-    victims = psutil.Process(server.pid).children(recursive=True)
-    for p in victims:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    server.proc.kill()
-    server.returncode = server.proc.wait(10)
-    psutil.wait_procs(victims, timeout=10)
-
-
 def test_kill_9_everything_then_restart_delivers_every_acked_item(
     server_factory: Callable[..., ServerProcess],
     backend_factory: Callable[..., RecordingBackend],
@@ -75,7 +60,7 @@ def test_kill_9_everything_then_restart_delivers_every_acked_item(
     for crash in range(CRASHES):
         with Load(server, ledger, items=ITEMS, name=f"run{crash}-") as load:
             load.wait_acked(600 if SOAK else 100)
-            kill_tree(server)  # under load: the senders see failures from here on
+            server.kill()  # kill -9 of the whole tree under load: the senders see failures from here on
         server = server_factory(env=env)  # same queue dir, new ports: recovers and re-sends
     with Load(server, ledger, items=ITEMS, name="after-") as load:
         load.wait_acked(20)  # and new traffic flows next to the recovery
