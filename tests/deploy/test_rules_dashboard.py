@@ -26,6 +26,9 @@ REQUIRED_ALERTS = {
     "OtlpIngestNoDataReceived",
     "OtlpIngestExportLatencyHigh",  # export p99
     "OtlpIngestRestarting",
+    "OtlpIngestMemoryLimited",  # refusing at the memory limit
+    "OtlpIngestQueueQuarantined",  # durable queue corruption: data moved aside
+    "OtlpIngestQueueTruncated",  # durable queue: torn tail cut after an unclean stop
 }
 
 

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S_BASE = DEPLOY / "k8s/base"
 K8S_PRODUCTION = DEPLOY / "k8s/overlays/production"
+K8S_DURABLE = DEPLOY / "k8s/overlays/durable"
 ALERTS = DEPLOY / "prometheus/alerts.yml"
 ALERTS_TEST = DEPLOY / "prometheus/alerts_test.yml"
 DASHBOARD = DEPLOY / "grafana/dashboards/otlp-ingest.json"
@@ -33,6 +34,13 @@ SUPERVISOR_METRICS = {
     "process_resident_memory_bytes": "process_resident_memory_bytes",
     "otlp_exporter_queue_size": "otlp_exporter_queue_size",
     "otlp_exporter_queue_capacity": "otlp_exporter_queue_capacity",
+    "otlp_exporter_queue_bytes": "otlp_exporter_queue_bytes",
+    "otlp_exporter_queue_capacity_bytes": "otlp_exporter_queue_capacity_bytes",
+    "otlp_memory_limit_bytes": "otlp_memory_limit_bytes",
+    "otlp_memory_soft_limit_bytes": "otlp_memory_soft_limit_bytes",
+    "otlp_memory_usage_bytes": "otlp_memory_usage_bytes",
+    "otlp_memory_refusing": "otlp_memory_refusing",
+    "otlp_memory_limit_trips_total": "otlp_memory_limit_trips",
     "otlp_process_up": "otlp_process_up",
     "otlp_process_restarts_total": "otlp_process_restarts",
 }
