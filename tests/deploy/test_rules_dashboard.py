@@ -100,6 +100,11 @@ def test_dashboard_has_required_panels() -> None:
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         'otlp_exporter_queue_size{job="otlp-ingest"} / otlp_exporter_queue_capacity',  # queue fill
+        "otlp_memory_usage_bytes",  # memory vs soft/hard limit
+        "otlp_memory_soft_limit_bytes",
+        "otlp_memory_limit_bytes",
+        "otlp_exporter_queue_capacity_bytes",  # queue bytes vs capacity
+        "sum by (reason) (rate(otlp_exporter_send_failed_spans_total",  # drops by reason
     ):
         assert needle in exprs, needle
     ids = [p["id"] for p in dash["panels"]]
