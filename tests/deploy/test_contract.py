@@ -12,6 +12,7 @@ from otlp_ingest.config import ENV_NAMES, Settings, load_settings
 from tests.deploy.tools import (
     DEPLOY,
     K8S_BASE,
+    K8S_DURABLE,
     K8S_PRODUCTION,
     ROOT,
     SCRIPTS,
@@ -23,6 +24,7 @@ from tests.deploy.tools import (
     recorded_names,
     rule_exprs,
     server_metric_names,
+    workload,
 )
 
 DEFAULTS = Settings()
@@ -41,6 +43,11 @@ ARTIFACTS = [
 
 def _text(path: Path) -> str:
     return path.read_text()
+
+
+ALL_OVERLAYS = pytest.mark.parametrize(
+    "overlay", [K8S_BASE, K8S_PRODUCTION, K8S_DURABLE], ids=["base", "production", "durable"]
+)
 
 
 def test_supervisor_defines_its_tree_wide_metrics() -> None:
@@ -89,7 +96,7 @@ def test_env_names_exist(path: Path) -> None:
     assert not unknown, f"{path.name}: environment variables the server does not read: {sorted(unknown)}"
 
 
-@pytest.mark.parametrize("overlay", [K8S_BASE, K8S_PRODUCTION], ids=["base", "production"])
+@ALL_OVERLAYS
 def test_configmap_is_valid_settings(overlay: Path) -> None:
     """The ConfigMap's values pass the server's own validation (as `serve` would load them)."""
     data = find(objects(overlay), "ConfigMap")["data"]
@@ -111,11 +118,10 @@ def test_admin_paths_exist_in_server() -> None:
         assert f'"{path}"' in source, f"admin endpoint {path} not served by supervisor/admin.py"
 
 
-@pytest.mark.parametrize("overlay", [K8S_BASE, K8S_PRODUCTION], ids=["base", "production"])
+@ALL_OVERLAYS
 def test_k8s_ports_and_paths_match_server(overlay: Path) -> None:
     objs = objects(overlay)
-    deploy = find(objs, "Deployment")
-    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    container = workload(objs)["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {
         "otlp-grpc": DEFAULTS.grpc_port,

@@ -18,20 +18,39 @@ import yaml
 from otlp_ingest.config import load_settings
 from tests.deploy import sync_prometheusrule
 from tests.deploy.crd_schemas import SCHEMAS
-from tests.deploy.tools import ALERTS, K8S_BASE, K8S_PRODUCTION, find, objects, rendered, run, tool
+from tests.deploy.tools import (
+    ALERTS,
+    K8S_BASE,
+    K8S_DURABLE,
+    K8S_PRODUCTION,
+    find,
+    objects,
+    rendered,
+    run,
+    tool,
+    workload,
+)
 
 OVERLAYS = pytest.mark.parametrize("overlay", [K8S_BASE, K8S_PRODUCTION], ids=["base", "production"])
+ALL_OVERLAYS = pytest.mark.parametrize(
+    "overlay", [K8S_BASE, K8S_PRODUCTION, K8S_DURABLE], ids=["base", "production", "durable"]
+)
 BUILTIN_KINDS = {
     "Namespace", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
     "PodDisruptionBudget", "NetworkPolicy",
 }  # fmt: skip
 
 
-@OVERLAYS
+def _builtin_kinds(overlay: Path) -> set[str]:
+    # Durable mode runs the pods as a StatefulSet (each with its own queue volume) instead.
+    return BUILTIN_KINDS - {"Deployment"} | {"StatefulSet"} if overlay == K8S_DURABLE else BUILTIN_KINDS
+
+
+@ALL_OVERLAYS
 def test_renders_expected_objects(overlay: Path) -> None:
     kinds = sorted(o["kind"] for o in objects(overlay))
-    expected = BUILTIN_KINDS | {"ServiceMonitor", "PrometheusRule"}
-    if overlay == K8S_PRODUCTION:
+    expected = _builtin_kinds(overlay) | {"ServiceMonitor", "PrometheusRule"}
+    if overlay != K8S_BASE:
         expected |= {"Certificate"}
     assert set(kinds) == expected and len(kinds) == len(expected), kinds
     for obj in objects(overlay):
@@ -40,7 +59,7 @@ def test_renders_expected_objects(overlay: Path) -> None:
         assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "otlp-ingest", obj["kind"]
 
 
-@OVERLAYS
+@ALL_OVERLAYS
 def test_kubernetes_validate_strict(overlay: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "rendered.yaml"
     manifest.write_text(rendered(overlay))
@@ -49,24 +68,24 @@ def test_kubernetes_validate_strict(overlay: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert "ERROR" not in out and "FATAL" not in out, out
     passed = set(re.findall(r"passed for resource (\w+)/", out))
-    assert passed == {k.lower() for k in BUILTIN_KINDS}, out
+    assert passed == {k.lower() for k in _builtin_kinds(overlay)}, out
     # The only objects it cannot check are the CRDs, validated below.
     for line in out.splitlines():
         if line.startswith("WARN"):
             assert re.search(r"kind (ServiceMonitor|PrometheusRule|Certificate) ", line), line
 
 
-@OVERLAYS
+@ALL_OVERLAYS
 def test_crd_objects_match_strict_schemas(overlay: Path) -> None:
     checked = 0
     for obj in objects(overlay):
         schema = SCHEMAS.get((obj["apiVersion"], obj["kind"]))
-        if obj["kind"] in BUILTIN_KINDS:
+        if obj["kind"] in _builtin_kinds(overlay):
             continue
         assert schema is not None, f"no schema for {obj['apiVersion']} {obj['kind']}"
         jsonschema.validate(obj, schema)
         checked += 1
-    assert checked == (3 if overlay == K8S_PRODUCTION else 2)
+    assert checked == (2 if overlay == K8S_BASE else 3)
 
 
 def test_crd_schemas_reject_typos() -> None:
@@ -162,11 +181,52 @@ def test_production_overlay_adds_mtls_and_backend() -> None:
     pod = find(objs, "Deployment")["spec"]["template"]["spec"]
     secret = next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]
     assert secret["secretName"] == cert["spec"]["secretName"]
-    zone = next(
-        c for c in pod["topologySpreadConstraints"] if c["topologyKey"] == "topology.kubernetes.io/zone"
-    )
-    assert zone["whenUnsatisfiable"] == "DoNotSchedule"
+    zones = [c for c in pod["topologySpreadConstraints"] if c["topologyKey"] == "topology.kubernetes.io/zone"]
+    # Replaces the base's soft zone spread rather than sitting beside it.
+    assert [z["whenUnsatisfiable"] for z in zones] == ["DoNotSchedule"]
     settings = load_settings({}, find(objs, "ConfigMap")["data"])
     assert settings.endpoint, "production forwards to a backend"
     # The base's other volumes survive the strategic merge.
     assert {v["name"] for v in pod["volumes"]} == {"tmp", "data", "shm", "tls"}
+
+
+def test_durable_overlay_statefulset_keeps_the_queue_on_a_volume() -> None:
+    """Durable mode: the production pod, run by a StatefulSet whose pods each keep OTLP_QUEUE_DIR on
+    their own PersistentVolumeClaim, still selected by the Service, HPA and PDB."""
+    objs = objects(K8S_DURABLE)
+    sts = find(objs, "StatefulSet")["spec"]
+    settings = load_settings({}, find(objs, "ConfigMap")["data"])
+    assert settings.queue_dir and settings.endpoint
+
+    # The pod template is production's, plus the queue mount and nothing else.
+    production_pod = find(objects(K8S_PRODUCTION), "Deployment")["spec"]["template"]
+    pod = yaml.safe_load(yaml.safe_dump(sts["template"]))
+    mounts = pod["spec"]["containers"][0]["volumeMounts"]
+    queue_mount = next(m for m in mounts if m["name"] == "queue")
+    mounts.remove(queue_mount)
+    assert pod == production_pod
+    assert queue_mount["mountPath"] == settings.queue_dir
+    assert queue_mount.get("readOnly") is not True
+
+    # One ReadWriteOnce claim per pod, kept when scaled down or deleted (it may hold acked data),
+    # big enough for the byte bound plus one partly committed segment per worker's log.
+    (claim,) = sts["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "queue"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    workers = int(pod["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    needed = settings.queue_max_bytes + workers * settings.queue_segment_bytes
+    assert k8s_bytes(claim["spec"]["resources"]["requests"]["storage"]) > needed
+    assert sts["persistentVolumeClaimRetentionPolicy"] == {"whenScaled": "Retain", "whenDeleted": "Retain"}
+    assert "replicas" not in sts, "the HPA owns replicas"
+    assert sts["podManagementPolicy"] == "Parallel"
+
+    # Everything that selected the Deployment's pods selects these.
+    labels = sts["template"]["metadata"]["labels"]
+    assert sts["selector"]["matchLabels"].items() <= labels.items()
+    service = find(objs, "Service")
+    assert sts["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert find(objs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    hpa = find(objs, "HorizontalPodAutoscaler")["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "otlp-ingest"}
+    assert workload(objs)["kind"] == "StatefulSet"

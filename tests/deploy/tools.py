@@ -86,6 +86,17 @@ def find(objs: list[dict[str, Any]], kind: str, name: str = "otlp-ingest") -> di
     raise AssertionError(f"no {kind}/{name} in the rendered manifests")
 
 
+def workload(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The object that runs the pods: the Deployment, or the durable overlay's StatefulSet."""
+    found = [
+        o
+        for o in objs
+        if o["kind"] in ("Deployment", "StatefulSet") and o["metadata"]["name"] == "otlp-ingest"
+    ]
+    assert len(found) == 1, [o["kind"] for o in found]
+    return found[0]
+
+
 def server_metric_names() -> set[str]:
     """Every sample name the server can expose: the metrics module (with the suffixes
     prometheus_client adds) plus the supervisor's tree-wide series."""
