@@ -379,6 +379,16 @@ class _Exporter:
                     # the offset stays behind on disk, the next commit of a later record covers
                     # these too, and a crash meanwhile re-sends them (at-least-once).
                     limited.warning("commit_failed", "queue %s: commit failed: %s", ring, exc)
+            # A durable log also records acknowledged records the commit cannot cover yet, so a
+            # crash re-sends only what was in flight, not everything after the oldest open batch.
+            mark_acked = getattr(self.readers[ring], "mark_acked", None)
+            if mark_acked is not None:
+                done = self.pending[ring].done_records()
+                if done:
+                    try:
+                        mark_acked(done)
+                    except OSError as exc:  # full disk: costs re-delivery after a crash, no loss
+                        limited.warning("mark_acked_failed", "queue %s: saving acks failed: %s", ring, exc)
         return bool(touched)
 
     def _count(self, batch: Batch[PendingEntry[Record]], report: SendReport) -> None:

@@ -48,3 +48,7 @@ class PendingRing(Generic[R]):
         while entries and entries[0].done:
             out.append(entries.popleft().record)
         return out
+
+    def done_records(self) -> list[R]:
+        """Records acknowledged but not committable yet (an older record is still open)."""
+        return [e.record for e in self._entries if e.done]

@@ -10,6 +10,7 @@ Directory::
     <dir>/<first offset, 20 digits>.wal   segments: append-only, records back to back, no header
     <dir>/durable                         DURABLE_STATE, rewritten in place by the writer's fsync thread
     <dir>/commit                          COMMIT_STATE, replaced atomically by the reader on commit
+    <dir>/acked                           ACKED_STATE, replaced atomically by the reader (see below)
     <dir>/writer.lock  <dir>/reader.lock  flock()ed by the one writer / the one reader (crash-safe:
                                           the kernel drops the lock with the process)
     <dir>/quarantine/                     bytes cut out of segments by recovery, kept for forensics
@@ -49,6 +50,17 @@ directory fsynced, so a crash leaves either the old or the new state)::
     16   4     crc32          u32 over bytes [0, 16)
     20   4     zero
 
+ACKED_STATE (replaced like ``commit``): records beyond the committed offset that the backend
+already acknowledged. Batches of different signals complete out of order while the commit only
+moves over a done prefix, so without this file a crash would re-send every acknowledged record
+after the oldest open batch; with it, a restarted reader skips them and re-delivery is bounded by
+the batches in flight at the crash::
+
+    0    8     magic          b"OWALACK1"
+    8    4     count          u32, number of ranges
+    12   16*n  ranges         n x (u64 first_seq, u64 last_seq), inclusive, ascending, disjoint
+    ..   4     crc32          u32 over every byte before it
+
 Validity. A record is valid when its magic matches, it lies wholly inside its file and below the
 offset the reader trusts, and its crc matches. What is *not* valid is "not yet written" if it lies
 at or beyond the published durable offset of a live writer (the reader simply waits), a torn tail
@@ -70,6 +82,8 @@ from otlp_ingest.ring.layout import Record
 MAGIC = b"OWAL"
 SEGMENT_SUFFIX = ".wal"
 DURABLE_FILE = "durable"
+ACKED_FILE = "acked"
+ACKED_MAGIC = b"OWALACK1"
 COMMIT_FILE = "commit"
 WRITER_LOCK = "writer.lock"
 READER_LOCK = "reader.lock"
@@ -161,10 +175,43 @@ def fsync_dir(directory: str) -> None:
 
 def write_state_atomic(directory: str, name: str, state: State) -> None:
     """Replace ``<directory>/<name>`` with ``state``: write a temp file, fsync, rename, fsync dir."""
+    write_file_atomic(directory, name, encode_state(state))
+
+
+SeqRanges = list[tuple[int, int]]
+
+
+def encode_acked(ranges: SeqRanges) -> bytes:
+    body = ACKED_MAGIC + struct.pack("<I", len(ranges))
+    body += b"".join(struct.pack("<QQ", first, last) for first, last in ranges)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def read_acked(directory: str) -> SeqRanges:
+    """The acknowledged ranges stored in ``<directory>/acked``; empty if missing or invalid
+    (invalid only costs re-delivery of those records, never loss)."""
+    try:
+        with open(os.path.join(directory, ACKED_FILE), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    if len(data) < 16 or data[:8] != ACKED_MAGIC:
+        return []
+    (count,) = struct.unpack_from("<I", data, 8)
+    if (
+        len(data) != 16 + 16 * count
+        or zlib.crc32(data[:-4]) != struct.unpack_from("<I", data, len(data) - 4)[0]
+    ):
+        return []
+    return [struct.unpack_from("<QQ", data, 12 + 16 * i) for i in range(count)]
+
+
+def write_file_atomic(directory: str, name: str, data: bytes) -> None:
+    """Replace ``<directory>/<name>`` with ``data``: write a temp file, fsync, rename, fsync dir."""
     tmp = os.path.join(directory, name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, encode_state(state))
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -52,6 +52,8 @@ class WalReader:
         self._durable = durable
         self._committed = commit.offset
         self._committed_seq = commit.next_seq
+        # Records beyond the commit that the backend already acknowledged: skipped by `read`.
+        self._acked = [r for r in layout.read_acked(directory) if r[1] >= commit.next_seq]
         self._cursor = self._committed
         self._next_seq = self._committed_seq
         self._seg_base: int | None = None
@@ -123,9 +125,11 @@ class WalReader:
             if verdict == "ok":
                 assert meta is not None
                 length, signal, items, seq = meta
-                payload = os.pread(fd, length, pos + _HDR)
                 start, self._cursor = self._cursor, base + end
                 self._next_seq = seq + 1
+                if self._is_acked(seq):
+                    continue  # delivered before a crash; a later commit covers it
+                payload = os.pread(fd, length, pos + _HDR)
                 return Record(seq, signal, items, start, self._cursor, payload)
             size = os.fstat(fd).st_size
             if verdict == "short" and pos >= size:
@@ -189,7 +193,31 @@ class WalReader:
             qpath,
         )
 
+    def _is_acked(self, seq: int) -> bool:
+        i = bisect.bisect_right(self._acked, (seq, 1 << 64)) - 1
+        return i >= 0 and self._acked[i][1] >= seq
+
     # -- committing ----------------------------------------------------------------------------
+
+    def mark_acked(self, records: list[Record]) -> None:
+        """Persist that ``records`` (read, beyond the committed offset, not committable yet because
+        an older record is still in flight) were acknowledged, so a restarted reader skips them.
+        Durable (fsynced) on return. Costs one small file rewrite per call."""
+        seqs = sorted({r.seq for r in records if r.seq >= self._committed_seq})
+        if not seqs:
+            return
+        ranges = [r for r in self._acked if r[1] >= self._committed_seq]
+        for seq in seqs:
+            ranges.append((seq, seq))
+        ranges.sort()
+        merged: layout.SeqRanges = []
+        for first, last in ranges:
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+            else:
+                merged.append((first, last))
+        layout.write_file_atomic(self.directory, layout.ACKED_FILE, layout.encode_acked(merged))
+        self._acked = merged
 
     def commit(self, record: Record) -> None:
         """Mark ``record`` and everything before it delivered: persist the committed offset
@@ -201,6 +229,7 @@ class WalReader:
             )
         layout.write_state_atomic(self.directory, layout.COMMIT_FILE, State(record.end, record.seq + 1))
         self._committed, self._committed_seq = record.end, record.seq + 1
+        self._acked = [r for r in self._acked if r[1] >= self._committed_seq]
         self._delete_committed_segments()
 
     def _delete_committed_segments(self) -> None:

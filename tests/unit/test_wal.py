@@ -274,6 +274,29 @@ def test_commit_offset_survives_restart_and_redelivery_is_bounded(tmp_path):
     assert wal_usage(str(tmp_path)).records == 25
 
 
+def test_acknowledged_records_beyond_the_commit_are_not_redelivered(tmp_path):
+    """Batches complete out of order: records acked after an older open one cannot be committed
+    yet, but a restarted reader must skip them (re-delivery bounded by what was in flight)."""
+    with WalWriter.open(str(tmp_path), 1 << 20, 1 << 24) as w:
+        assert w.wait_durable([w.append(1, 1, payload(i)) for i in range(10)][-1], 5)
+    with WalReader.open(str(tmp_path)) as r:
+        records = drain(r)
+        r.commit(records[2])
+        r.mark_acked(records[5:8])
+        r.mark_acked([records[9], records[8]])
+        r.rewind()
+        assert [rec.seq for rec in drain(r)] == [3, 4]  # in-process rewind skips them too
+    with WalReader.open(str(tmp_path)) as r:
+        again = drain(r)
+        assert [rec.seq for rec in again] == [3, 4]
+        r.commit(again[-1])  # a later commit covers the skipped ones
+    with WalWriter.open(str(tmp_path), 1 << 20, 1 << 24) as w:
+        assert w.wait_durable(w.append(1, 1, payload(10)), 5)
+    with WalReader.open(str(tmp_path)) as r:
+        assert [rec.seq for rec in drain(r)] == [10]
+    assert layout.read_acked(str(tmp_path)) == [(5, 9)]  # stale ranges are only pruned in memory
+
+
 def test_seqs_continue_after_every_segment_was_deleted(tmp_path):
     with WalWriter.open(str(tmp_path), 300, 1 << 20) as w, WalReader.open(str(tmp_path)) as r:
         w.wait_durable([w.append(1, 1, payload(i)) for i in range(6)][-1], 5)
