@@ -5,8 +5,9 @@ sending threads (settings.export_concurrency) only calls `Sender.send` with retr
 outcome back on a queue. So ring readers and pending lists are never shared between threads.
 
 Loop: apply completed sends (mark records done, commit each ring's done prefix), read new records
-into per-signal batches (unless enough batches are already waiting: then the rings fill up and the
-receivers refuse, which is the backpressure), close timed-out batches, hand closed batches to the
+into per-signal batches (unless enough batches are already waiting, or a queue already has
+`max_pending` uncommitted records: then the queue fills up and the receivers refuse, which is the
+backpressure), close timed-out batches, hand closed batches to the
 senders, and when nothing happened wait on an Event with a timeout growing from 1 ms to 20 ms
 (sends completing and signals set the Event, so idle CPU is near zero and latency stays low).
 
@@ -17,10 +18,18 @@ dropped and counted in otlp_exporter_send_failed_*_total{reason}; partial_succes
 otlp_exporter_backend_rejected_*_total. A batch's records are committed only after every part of
 it was acknowledged or given up.
 
+Memory: a record's payload lives only in its batch; the pending list keeps the record without it
+(seq/start/end are all `commit` and `mark_acked` need). So one batch failing retryably for ever
+while later ones complete holds at most `max_pending` payload-less records per queue, not every
+payload read since.
+
 Queues: shared-memory rings or, in durable mode, write-ahead logs (`otlp_ingest.queue`; both
 readers have the same shape). A log's commit persists its offset (fsynced) only after the backend
 acknowledged the batch; corrupt log data found while opening or reading is quarantined by the
-reader and counted in otlp_queue_quarantined_*_total.
+reader and counted in otlp_queue_quarantined_*_total. An OSError reading a queue (EIO, a full disk
+while quarantining, EMFILE) is logged and that queue is skipped for READ_ERROR_BACKOFF, then read
+again: the exporter never crash-loops on it. Acknowledged records a log's commit cannot cover yet
+(an older record is still open) are saved with `mark_acked` at most every ACKED_SAVE_INTERVAL.
 
 SIGTERM/SIGINT only set an Event. Draining then reads on until every queue is empty, flushes open
 batches at once and returns 0 when nothing is pending. Its deadline is settings.shutdown_timeout
@@ -39,7 +48,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
@@ -67,6 +76,13 @@ limited = RateLimitedLogger(log, interval=10.0)
 IDLE_WAIT_MIN = 0.005
 IDLE_WAIT_MAX = 0.020
 READ_BURST = 512  # records per ring per loop turn, so one busy ring cannot starve the others
+# A queue whose read raised OSError is left alone this long before the next try: a failing disk
+# is not hammered every loop turn, and a transient error (EMFILE) costs only this much delay.
+READ_ERROR_BACKOFF = 0.5
+# mark_acked rewrites and fsyncs the log's whole acked file. Saving at most this often, and only
+# when new acknowledged records appeared, keeps that off the hot path; the trade-off is that a
+# crash re-sends at most this window's worth more acknowledged records (at-least-once anyway).
+ACKED_SAVE_INTERVAL = 0.1
 
 
 def build_sender(settings: Settings) -> Sender:
@@ -221,6 +237,27 @@ class _Exporter:
         # Closed batches allowed to wait for a sender before we stop reading the rings.
         self.max_ready = self.max_in_flight * 2
         self.window = congestion.SendWindow(self.max_in_flight)
+        # Uncommitted records per queue beyond which we stop reading it. Healthy operation holds
+        # at most one batch_size per in-flight, waiting and open batch (a record has >= 1 item);
+        # twice that leaves room for batches completing out of order. Past it, the oldest open
+        # record is stuck (a batch retried for ever): reading on would only grow memory.
+        self.max_pending = (
+            2 * max(1, settings.batch_size) * (self.max_in_flight + self.max_ready + len(SIGNALS))
+        )
+        self._read_retry_at: list[float] = []  # per queue: monotonic time of the next read after an OSError
+        self._acked_dirty: list[bool] = []  # per queue: acknowledged records not yet saved by mark_acked
+        self._acked_saved_at: list[float] = []  # per queue: monotonic time of the last mark_acked
+
+    def add_queue(self, reader: RingReader | WalReader) -> None:
+        """Read `reader` as the next queue (index len(readers)): its pending list and bookkeeping."""
+        self.readers.append(reader)
+        self.pending.append(PendingRing(len(self.pending)))
+        report = getattr(reader, "recovery_report", None)
+        metrics.count_recovery(report)
+        self._recovery_seen.append(_copy_report(report))
+        self._read_retry_at.append(float("-inf"))
+        self._acked_dirty.append(False)
+        self._acked_saved_at.append(float("-inf"))
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop.set()
@@ -230,13 +267,8 @@ class _Exporter:
         signal_mod.signal(signal_mod.SIGTERM, self._on_signal)
         signal_mod.signal(signal_mod.SIGINT, self._on_signal)
         try:
-            for i, spec in enumerate(self.specs):
-                reader = open_reader(spec)
-                self.readers.append(reader)
-                self.pending.append(PendingRing(i))
-                report = getattr(reader, "recovery_report", None)
-                metrics.count_recovery(report)
-                self._recovery_seen.append(_copy_report(report))
+            for spec in self.specs:
+                self.add_queue(open_reader(spec))
             sender = build_sender(self.settings)
         except (OSError, ValueError, RingCorrupt, WalLocked) as error:
             # Missing ring, bad endpoint, unwritable data dir: restarting cannot fix it.
@@ -274,6 +306,7 @@ class _Exporter:
         deadline: float | None = None
         while True:
             progressed = self._apply_outcomes(pool)
+            self._save_acked(time.monotonic())
             rings_empty = True
             if len(self.ready) < self.max_ready:
                 read, rings_empty = self._read_rings()
@@ -316,8 +349,16 @@ class _Exporter:
         """Read up to READ_BURST records per ring into batches. Returns (read any, all empty)."""
         read_any = False
         all_empty = True
-        for reader, pending in zip(self.readers, self.pending, strict=True):
-            for _ in range(READ_BURST):
+        now = time.monotonic()
+        for i, (reader, pending) in enumerate(zip(self.readers, self.pending, strict=True)):
+            if now < self._read_retry_at[i]:
+                all_empty = False  # unknown: it may hold records (and drain must not end early)
+                continue
+            room = self.max_pending - len(pending)
+            if room <= 0:
+                all_empty = False  # backpressure: the queue fills and receivers refuse
+                continue
+            for _ in range(min(READ_BURST, room)):
                 try:
                     record = reader.read()
                 except RingCorrupt:
@@ -325,10 +366,20 @@ class _Exporter:
                     # exit loudly so the supervisor sees it rather than silently losing data.
                     log.exception("ring %s is corrupt", self.ring_names[pending.ring])
                     raise
+                except OSError as exc:
+                    # EIO, ENOSPC while quarantining, EMFILE: restarting would not help and a
+                    # crash loop halts the server. Skip this queue for a while and read again.
+                    limited.error(
+                        f"read_failed-{i}", "queue %s: read failed, retrying: %s", self.ring_names[i], exc
+                    )
+                    self._read_retry_at[i] = now + READ_ERROR_BACKOFF
+                    all_empty = False
+                    break
                 if record is None:
                     break
                 read_any = True
-                entry = pending.track(record)
+                # The payload goes to the batch only; pending keeps seq/start/end for the commit.
+                entry = pending.track(replace(record, payload=b""))
                 self.ready.extend(
                     self.batcher.add(Signal(record.signal), record.item_count, record.payload, entry)
                 )
@@ -379,17 +430,28 @@ class _Exporter:
                     # the offset stays behind on disk, the next commit of a later record covers
                     # these too, and a crash meanwhile re-sends them (at-least-once).
                     limited.warning("commit_failed", "queue %s: commit failed: %s", ring, exc)
-            # A durable log also records acknowledged records the commit cannot cover yet, so a
-            # crash re-sends only what was in flight, not everything after the oldest open batch.
-            mark_acked = getattr(self.readers[ring], "mark_acked", None)
-            if mark_acked is not None:
-                done = self.pending[ring].done_records()
-                if done:
-                    try:
-                        mark_acked(done)
-                    except OSError as exc:  # full disk: costs re-delivery after a crash, no loss
-                        limited.warning("mark_acked_failed", "queue %s: saving acks failed: %s", ring, exc)
+            # New acknowledged records the commit could not cover: `_save_acked` persists them.
+            if hasattr(self.readers[ring], "mark_acked") and self.pending[ring].has_done():
+                self._acked_dirty[ring] = True
         return bool(touched)
+
+    def _save_acked(self, now: float, force: bool = False) -> None:
+        """A durable log also records acknowledged records the commit cannot cover yet, so a crash
+        re-sends only what was in flight, not everything after the oldest open batch. Saved only
+        when new ones appeared and at most every ACKED_SAVE_INTERVAL (each save rewrites and
+        fsyncs the acked file): a crash re-sends at most that window's acknowledged records more."""
+        for ring, dirty in enumerate(self._acked_dirty):
+            if not dirty or (not force and now - self._acked_saved_at[ring] < ACKED_SAVE_INTERVAL):
+                continue
+            self._acked_dirty[ring] = False
+            self._acked_saved_at[ring] = now
+            done = self.pending[ring].done_records()
+            if not done:
+                continue  # committed meanwhile
+            try:
+                self.readers[ring].mark_acked(done)  # only logs (WalReader) are marked dirty
+            except OSError as exc:  # full disk: costs re-delivery after a crash, no loss
+                limited.warning("mark_acked_failed", "queue %s: saving acks failed: %s", ring, exc)
 
     def _count(self, batch: Batch[PendingEntry[Record]], report: SendReport) -> None:
         signal = batch.signal
@@ -430,6 +492,7 @@ class _Exporter:
     def _give_up(self) -> int:
         self.abort.set()
         self.window.close()
+        self._save_acked(time.monotonic(), force=True)  # so the next exporter re-sends less
         left = sum(len(p) for p in self.pending)
         queued = 0
         for spec in self.specs:

@@ -5,6 +5,9 @@ order, but `RingReader.commit` must be called in ring order. So each ring keeps 
 its uncommitted records with a `done` flag (acknowledged by the backend/sink, or given up); the
 longest done prefix is committed. A record is never committed before its batch was acknowledged,
 so a crashed exporter's replacement re-reads it (at-least-once).
+
+The caller tracks records without their payload (the batch holds it): commit and mark_acked need
+only seq/start/end, and a done record may wait here long after its batch is gone.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class PendingRing(Generic[R]):
         while entries and entries[0].done:
             out.append(entries.popleft().record)
         return out
+
+    def has_done(self) -> bool:
+        """True if some record is done but not committable (an older record is still open)."""
+        return any(e.done for e in self._entries)
 
     def done_records(self) -> list[R]:
         """Records acknowledged but not committable yet (an older record is still open)."""

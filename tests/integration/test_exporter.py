@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -14,12 +16,13 @@ from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
 from otlp_ingest.exporter.batcher import Batch
 from otlp_ingest.exporter.congestion import SendWindow
-from otlp_ingest.exporter.main import _SendPool
+from otlp_ingest.exporter.main import _Exporter, _SendPool
 from otlp_ingest.exporter.otlp_http import HttpSender
 from otlp_ingest.exporter.retry import RetryPolicy
-from otlp_ingest.exporter.sender import SendResult
+from otlp_ingest.exporter.sender import Sender, SendError, SendResult
 from otlp_ingest.otlp.signals import Signal
-from otlp_ingest.ring import ring_usage
+from otlp_ingest.ring import Record, ring_usage
+from otlp_ingest.wal import WalReader, WalWriter
 from tests.integration._exporter_harness import (
     ExporterProcess,
     Rings,
@@ -343,3 +346,155 @@ def test_send_pool_unexpected_error_backoff_is_cut_short_by_abort() -> None:
         assert time.monotonic() - start < 5.0
     finally:
         pool.stop()
+
+
+# --- the exporter loop in-process over a real write-ahead log, with seams at Sender and reader ---
+
+
+class _PoisonSender:
+    """Fails every batch holding b"POISON" retryably until `healthy` is set; delivers the rest."""
+
+    def __init__(self) -> None:
+        self.healthy = threading.Event()
+        self.lock = threading.Lock()
+        self.delivered: list[bytes] = []
+
+    def send(self, signal: Signal, payload: bytes) -> SendResult:
+        if b"POISON" in payload and not self.healthy.is_set():
+            raise SendError("503 from a test backend", retryable=True)
+        with self.lock:
+            self.delivered.append(payload)
+        return SendResult()
+
+    def close(self) -> None:
+        pass
+
+
+class _LoopRun:
+    """An `_Exporter` loop on a daemon thread (the real process only adds signals and boot)."""
+
+    def __init__(self, ex: _Exporter, sender: Sender) -> None:
+        self.ex = ex
+        self.pool = _SendPool(
+            ex.max_in_flight, sender, RetryPolicy(0.02, 0.1, 0.0), ex.abort, ex.wake, "t", ex.window
+        )
+        self.rc: list[int] = []
+        self.thread = threading.Thread(target=lambda: self.rc.append(ex._loop(self.pool)), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> int:
+        self.ex.stop.set()
+        self.ex.wake.set()
+        self.thread.join(15)
+        self.ex.abort.set()
+        self.pool.stop()
+        for reader in self.ex.readers:
+            reader.close()
+        assert not self.thread.is_alive()
+        return self.rc[0]
+
+
+def _fill_wal(directory: Path, payloads: list[tuple[int, bytes]]) -> int:
+    """Append (signal, payload) records durably; returns the log's end offset in records."""
+    writer = WalWriter.open(str(directory), 4 << 20, 1 << 30)
+    try:
+        ticket = None
+        for signal, payload in payloads:
+            ticket = writer.append(signal, 1, payload)
+            assert ticket is not None
+        assert ticket is not None and writer.wait_durable(ticket, 10)
+    finally:
+        writer.close()
+    return len(payloads)
+
+
+def test_one_batch_failing_for_ever_keeps_pending_and_memory_bounded(tmp_path: Path) -> None:
+    # Review finding 5: the oldest batch retried for ever pins the commit while later batches
+    # complete. Before, the exporter read on, keeping every record with its payload in `pending`
+    # (bounded only by the log's byte bound) and rewrote the acked file on every outcome.
+    n = 3000
+    _fill_wal(tmp_path, [(Signal.TRACES, b"POISON")] + [(Signal.METRICS, b"y" * 1000)] * (n - 1))
+    settings = Settings(batch_size=10, batch_timeout=0.02, export_concurrency=4, shutdown_timeout=10)
+    ex = _Exporter(settings, 0, [f"wal:{tmp_path}"])
+    reader = WalReader.open(str(tmp_path))
+    saves: list[float] = []
+    real_mark_acked = reader.mark_acked
+
+    def mark_acked(records: list) -> None:  # counts calls; the real one persists
+        saves.append(time.monotonic())
+        real_mark_acked(records)
+
+    reader.mark_acked = mark_acked  # type: ignore[method-assign]
+    ex.add_queue(reader)
+    sender = _PoisonSender()
+    started = time.monotonic()
+    run = _LoopRun(ex, sender)
+    try:
+        cap = ex.max_pending
+        assert cap == 2 * 10 * (4 + 8 + 3) < n
+        wait_until(lambda: len(ex.pending[0]) >= cap, 10, what="reading to stop at the pending cap")
+        watch_start = time.monotonic()
+        saves_before = len(saves)
+        while time.monotonic() - watch_start < 0.5:  # it stays there: no more reading
+            assert len(ex.pending[0]) <= cap
+            entries = list(ex.pending[0]._entries)
+            assert sum(len(e.record.payload) for e in entries) == 0  # payloads live in batches only
+            time.sleep(0.02)
+        watched = time.monotonic() - watch_start
+        assert reader.committed == 0  # the poison record pins the commit
+        assert reader.pending()  # the rest waits in the log (backpressure), not in memory
+        # acked ranges were saved, but rate-limited and only when new ones appeared: none while
+        # nothing completes (a save per outcome, before, would be hundreds)
+        assert saves and len(saves) - saves_before <= watched / 0.1 + 1
+        assert len(saves) <= (time.monotonic() - started) / 0.1 + 2
+        assert (tmp_path / "acked").stat().st_size > 0
+
+        sender.healthy.set()  # the backend recovers: everything drains, nothing is lost
+        wait_until(lambda: not reader.uncommitted(), 20, what="everything committed")
+    finally:
+        rc = run.stop()
+    assert rc == ExitCode.OK
+    assert b"".join(sender.delivered).count(b"y" * 1000) == n - 1
+    assert sum(p.count(b"POISON") for p in sender.delivered) == 1
+
+
+class _FailingOnceReader:
+    """A queue reader whose `read` raises OSError (EIO) `failures` times, then reads for real."""
+
+    def __init__(self, reader: WalReader, failures: int) -> None:
+        self._reader = reader
+        self.failures = failures
+
+    def read(self) -> Record | None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        return self._reader.read()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._reader, name)
+
+
+def test_os_error_reading_a_queue_is_logged_and_retried_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Review finding 6: an OSError from the log reader (EIO, ENOSPC while quarantining) escaped
+    # the loop, so the exporter crash-looped until the supervisor halted the server.
+    n = 50
+    _fill_wal(tmp_path, [(Signal.TRACES, b"x%03d" % i) for i in range(n)])
+    ex = _Exporter(Settings(batch_size=10, batch_timeout=0.02, shutdown_timeout=10), 0, [f"wal:{tmp_path}"])
+    flaky = _FailingOnceReader(WalReader.open(str(tmp_path)), failures=1)
+    ex.add_queue(flaky)  # type: ignore[arg-type]
+    sender = _PoisonSender()
+    with caplog.at_level(logging.ERROR, logger="otlp_ingest.exporter.main"):
+        run = _LoopRun(ex, sender)
+        try:
+            wait_until(lambda: not flaky.uncommitted(), 10, what="everything committed after the error")
+        finally:
+            rc = run.stop()
+    assert rc == ExitCode.OK
+    assert flaky.failures == 0
+    assert sorted(b"".join(sender.delivered)[i : i + 4] for i in range(0, 4 * n, 4)) == [
+        b"x%03d" % i for i in range(n)
+    ]
+    assert any("read failed" in r.getMessage() and "Input/output" in r.getMessage() for r in caplog.records)
