@@ -21,7 +21,6 @@ from otlp_ingest.wal.recovery import recover_tail
 log = logging.getLogger(__name__)
 
 _HDR = layout.RECORD_HEADER_SIZE
-_FAILED_RANGES_KEPT = 64
 _IDLE_WAKE = 1.0  # the sync thread re-checks at least this often even without appends
 
 
@@ -219,7 +218,10 @@ class WalWriter:
                     self._sync_failed(e, target, fds, dir_dirty)
                 else:
                     for old in fds:
-                        os.close(old)
+                        # Data is already fsynced; a failing close (EIO on some filesystems)
+                        # must not kill this thread, or nothing would become durable again.
+                        with contextlib.suppress(OSError):
+                            os.close(old)
                     self._synced(target, seq)
             if closing:
                 return
@@ -254,8 +256,13 @@ class WalWriter:
             self._roll_next = True
         failed = []
         with self._cond:
-            self._failed.append((self._durable, target))
-            del self._failed[:-_FAILED_RANGES_KEPT]
+            # Never forget a failed range (a late waiter must still get False). Failures while
+            # the durable offset stands still share its start: one growing range, so the list
+            # grows only by one per failure episode, not per failed fsync.
+            if self._failed and self._failed[-1][0] == self._durable:
+                self._failed[-1] = (self._durable, max(self._failed[-1][1], target))
+            else:
+                self._failed.append((self._durable, target))
             keep = []
             for item in self._callbacks:
                 (failed if item[0] <= target else keep).append(item)
