@@ -35,7 +35,8 @@ Record (``RECORD_HEADER_SIZE`` = 28 bytes of header, then the payload, no paddin
     28   n     payload        the serialized Export*ServiceRequest
 
 DURABLE_STATE (24 bytes, written with one ``pwrite`` after every fsync; not itself fsynced: it is
-a hint for a reader in another process, and a restarted writer recomputes it from the segments)::
+a hint for a reader in another process, and a restarted writer recomputes it from the segments;
+after a power loss it may be stale)::
 
     0    8     offset         u64, every byte of the stream below this is fsynced
     8    8     next_seq       u64, seq of the first record at or after ``offset``
@@ -61,11 +62,20 @@ the batches in flight at the crash::
     12   16*n  ranges         n x (u64 first_seq, u64 last_seq), inclusive, ascending, disjoint
     ..   4     crc32          u32 over every byte before it
 
+Recovery of ``next_seq`` (``recovery.recover_tail``): one past the largest of the last valid
+record's seq in the newest segment that has one (earlier segments are scanned when a power loss
+left the newest ones empty or zero-filled), the commit and durable ``next_seq`` and the last seq
+in ``acked``. Seqs never repeat: a reused seq listed in ``acked`` would make the reader skip a new
+record.
+
 Validity. A record is valid when its magic matches, it lies wholly inside its file and below the
 offset the reader trusts, and its crc matches. What is *not* valid is "not yet written" if it lies
 at or beyond the published durable offset of a live writer (the reader simply waits), a torn tail
 if it runs past the end of the file (recovery truncates it), and corruption otherwise (recovery
-moves the rest of that segment to ``quarantine/`` and counts it).
+moves the rest of that segment to ``quarantine/`` and counts it; in the live segment a reader
+quarantines only up to the durable offset, a record boundary, and resumes reading there). The
+copy into ``quarantine/`` is best effort: if it fails (disk full, EIO) the bytes are still cut or
+skipped, and the failure is logged and counted (``RecoveryReport.quarantine_failures``).
 """
 
 from __future__ import annotations

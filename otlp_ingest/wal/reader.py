@@ -58,7 +58,6 @@ class WalReader:
         self._next_seq = self._committed_seq
         self._seg_base: int | None = None
         self._seg_fd: int | None = None
-        self._skip_segment: int | None = None  # active segment abandoned after corruption
 
     @classmethod
     def open(cls, directory: str, **kwargs: float) -> WalReader:
@@ -116,10 +115,6 @@ class WalReader:
                 return None
             base, fd = self._seg_base, self._seg_fd
             assert base is not None and fd is not None
-            if self._skip_segment == base:
-                if not self._next_segment_jump(base):
-                    return None
-                continue
             pos = self._cursor - base
             verdict, end, meta = check_record(fd, pos, self._durable.offset - base)
             if verdict == "ok":
@@ -171,8 +166,10 @@ class WalReader:
 
     def _corrupt(self, base: int, fd: int, pos: int, size: int) -> None:
         """A record that is not valid below the durable offset: quarantine from it to the end of
-        a sealed segment (and cut it off), or to the durable offset of the live one (whose rest
-        is then skipped: record boundaries after a corrupt length are unknown)."""
+        a sealed segment (and cut it off), or to the durable offset of the live one and resume
+        reading there. Record boundaries after a corrupt length are unknown, but the durable
+        offset is one (the end of the last fsynced record), and the live writer keeps appending
+        valid records after it: those are acknowledged and must still be read."""
         self._bases = layout.list_segments(self.directory)
         sealed = self._bases[-1] > base
         end = size if sealed else min(size, self._durable.offset - base)
@@ -181,16 +178,14 @@ class WalReader:
             os.ftruncate(fd, pos)
             os.fsync(fd)
         else:
-            self._skip_segment = base
-        self.recovery_report.quarantined_segments += 1
-        self.recovery_report.quarantined_bytes += end - pos
-        self.recovery_report.quarantine_files.append(qpath)
+            self._cursor = base + end
+        self.recovery_report.quarantined(qpath, end - pos)
         log.error(
             "write-ahead log %s: corrupt record at offset %d; moved %d bytes to %s",
             self.directory,
             base + pos,
             end - pos,
-            qpath,
+            qpath or "nowhere (copy failed, dropped)",
         )
 
     def _is_acked(self, seq: int) -> bool:

@@ -7,6 +7,8 @@ Recovery never raises on bad data: the log always opens. What it did is returned
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import zlib
@@ -25,18 +27,31 @@ _CHUNK = 1 << 20
 class RecoveryReport:
     """What recovery repaired. ``quarantined_segments`` counts segments whose remainder was moved
     to ``quarantine/`` (``quarantined_bytes`` in total, files listed in ``quarantine_files``);
-    ``truncated_bytes`` is the torn tail cut off the last segment."""
+    ``truncated_bytes`` is the torn tail cut off the last segment. ``quarantine_failures`` counts
+    quarantines whose copy could not be written (disk full, EIO): those bytes were still cut or
+    skipped, but are gone rather than kept for forensics."""
 
     truncated_bytes: int = 0
     quarantined_segments: int = 0
     quarantined_bytes: int = 0
     quarantine_files: list[str] = field(default_factory=list)
+    quarantine_failures: int = 0
 
     def add(self, other: RecoveryReport) -> None:
         self.truncated_bytes += other.truncated_bytes
         self.quarantined_segments += other.quarantined_segments
         self.quarantined_bytes += other.quarantined_bytes
         self.quarantine_files.extend(other.quarantine_files)
+        self.quarantine_failures += other.quarantine_failures
+
+    def quarantined(self, path: str | None, nbytes: int) -> None:
+        """Count one quarantine of ``nbytes``; ``path`` is its copy, None if the copy failed."""
+        self.quarantined_segments += 1
+        self.quarantined_bytes += nbytes
+        if path is None:
+            self.quarantine_failures += 1
+        else:
+            self.quarantine_files.append(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,25 +122,45 @@ def scan_segment(fd: int) -> ScanResult:
     return ScanResult(pos, last_seq, size, True)
 
 
-def quarantine(directory: str, base: int, fd: int, start: int, end: int) -> str:
+def quarantine(directory: str, base: int, fd: int, start: int, end: int) -> str | None:
     """Copy segment bytes [start, end) into ``quarantine/`` (fsynced) and return the file path.
-    The caller truncates or skips them."""
+    The caller truncates or skips them either way.
+
+    Best effort: if the copy fails (disk full, EIO reading the bad sector, EMFILE, ...) it is
+    logged, the partial copy removed, and None returned. Keeping the bytes for forensics must
+    never stop the log from opening or the reader from moving past them."""
     qdir = os.path.join(directory, layout.QUARANTINE_DIR)
-    os.makedirs(qdir, exist_ok=True)
     path = os.path.join(qdir, f"{base:020d}-{start:012d}{layout.SEGMENT_SUFFIX}")
-    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        pos = start
-        while pos < end:
-            chunk = os.pread(fd, min(_CHUNK, end - pos), pos)
-            if not chunk:
-                break
-            os.write(out, chunk)
-            pos += len(chunk)
-        os.fsync(out)
-    finally:
-        os.close(out)
-    layout.fsync_dir(qdir)
+        os.makedirs(qdir, exist_ok=True)
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            pos = start
+            while pos < end:
+                chunk = os.pread(fd, min(_CHUNK, end - pos), pos)
+                if not chunk:
+                    break
+                written = os.write(out, chunk)
+                if written != len(chunk):  # a short write is what a filling disk does first
+                    raise OSError(errno.ENOSPC, "short write")
+                pos += len(chunk)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        layout.fsync_dir(qdir)
+    except OSError as e:
+        log.error(
+            "write-ahead log %s: could not keep %d corrupt bytes of segment %d in %s (%s); "
+            "dropping them instead",
+            directory,
+            end - start,
+            base,
+            qdir,
+            e,
+        )
+        with contextlib.suppress(OSError):  # free what the partial copy took
+            os.unlink(path)
+        return None
     return path
 
 
@@ -147,15 +182,13 @@ def repair_segment(directory: str, base: int) -> tuple[ScanResult, RecoveryRepor
                 )
             else:
                 qpath = quarantine(directory, base, fd, scan.valid_end, scan.file_size)
-                report.quarantined_segments = 1
-                report.quarantined_bytes = cut
-                report.quarantine_files.append(qpath)
+                report.quarantined(qpath, cut)
                 log.error(
                     "write-ahead log %s: corrupt record at %d; moved the remaining %d bytes to %s",
                     path,
                     scan.valid_end,
                     cut,
-                    qpath,
+                    qpath or "nowhere (copy failed, dropped)",
                 )
             os.ftruncate(fd, scan.valid_end)
             os.fsync(fd)
@@ -180,8 +213,12 @@ def recover_tail(directory: str) -> tuple[TailState, RecoveryReport]:
     """Repair the last segment of the log and work out where appending continues. Hold the writer
     lock while calling this: it truncates the last segment.
 
-    ``next_seq`` also honours the commit and durable files, so seqs never go backwards even when
-    every segment has been deleted after commit.
+    ``next_seq`` is one past the highest seq the log may have handed out: the last valid record
+    of the newest segment that has one (a power loss can leave the newest segments empty or
+    zero-filled, so earlier ones are scanned too), the commit file, the durable file (a hint:
+    never fsynced, so possibly stale) and the last acknowledged seq in the acked file. Seqs
+    must never go backwards: the reader skips seqs listed as acknowledged, so a reused seq
+    would make it skip a new record.
     """
     commit = layout.read_state(os.path.join(directory, layout.COMMIT_FILE))
     durable = layout.read_state(os.path.join(directory, layout.DURABLE_FILE))
@@ -193,15 +230,35 @@ def recover_tail(directory: str) -> tuple[TailState, RecoveryReport]:
         scan, report = repair_segment(directory, seg_base)
         seg_size = scan.valid_end
         head = seg_base + seg_size
-        if scan.last_seq is not None:
-            next_seq = scan.last_seq + 1
+        last_seq = scan.last_seq
+        for base in reversed(bases[:-1]):
+            if last_seq is not None:
+                break
+            last_seq = _last_seq(directory, base)
+        if last_seq is not None:
+            next_seq = last_seq + 1
     for state in (commit, durable):
         if state is not None:
             next_seq = max(next_seq, state.next_seq)
             if not bases:
                 head = max(head, state.offset)
+    acked = layout.read_acked(directory)
+    if acked:
+        next_seq = max(next_seq, acked[-1][1] + 1)
     if commit is not None and commit.offset > head:
         # Committed past what is on disk (only after a quarantine): never hand out offsets the
         # reader considers delivered.
         head, seg_base, seg_size = commit.offset, None, 0
     return TailState(head, next_seq, seg_base, seg_size), report
+
+
+def _last_seq(directory: str, base: int) -> int | None:
+    """Seq of the last valid record of sealed segment ``base`` (read only; None if it has none)."""
+    try:
+        fd = os.open(os.path.join(directory, layout.segment_name(base)), os.O_RDONLY)
+    except FileNotFoundError:  # deleted by a reader's commit meanwhile
+        return None
+    try:
+        return scan_segment(fd).last_seq
+    finally:
+        os.close(fd)
