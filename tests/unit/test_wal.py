@@ -347,3 +347,157 @@ def test_disk_full_raises_then_recovers(tiny_tmpfs):
         records = drain(r)
         assert [rec.seq for rec in records] == list(range(accepted + 1))
         assert all(int.from_bytes(rec.payload[:8], "little") == rec.seq for rec in records)
+
+
+def test_corruption_in_the_live_segment_loses_only_the_quarantined_records(tmp_path):
+    """Review finding 3: after quarantining up to the durable offset of the live segment the
+    reader resumes there, so records the writer appends (and acknowledges) afterwards are read."""
+    with WalWriter.open(str(tmp_path), 1 << 20, 1 << 24) as w, WalReader.open(str(tmp_path)) as r:
+        assert w.wait_durable([w.append(1, 1, payload(i)) for i in range(3)][-1], 5)
+        seg = tmp_path / layout.segment_name(0)
+        fd = os.open(seg, os.O_RDWR)
+        try:  # bit rot in the payload of seq 1, found by the reader while the writer is live
+            pos = (HDR + 100) + HDR + 5
+            os.pwrite(fd, bytes([os.pread(fd, 1, pos)[0] ^ 0xFF]), pos)
+        finally:
+            os.close(fd)
+        assert [rec.seq for rec in drain(r)] == [0]  # seq 2 lies after the bad length: quarantined
+        assert r.recovery_report.quarantined_bytes == 2 * (HDR + 100)
+        assert w.wait_durable([w.append(1, 1, payload(i)) for i in range(3, 8)][-1], 5)
+        records = drain(r)
+        assert [rec.seq for rec in records] == list(range(3, 8))
+        assert all(int.from_bytes(rec.payload[:8], "little") == rec.seq for rec in records)
+        assert r.recovery_report.quarantined_segments == 1
+        assert segments(tmp_path) == [0]
+
+
+def test_seqs_are_not_reused_when_power_loss_empties_the_newest_segment(tmp_path):
+    """Review finding 4: the newest segment lost its data and the (never fsynced) durable file is
+    stale; seqs must still continue past every seq handed out, or the reader's acked ranges
+    would skip the new records."""
+    stale_durable = None
+    with WalWriter.open(str(tmp_path), 2000, 1 << 24) as w, WalReader.open(str(tmp_path)) as r:
+        stale_durable = (tmp_path / layout.DURABLE_FILE).read_bytes()
+        assert w.wait_durable([w.append(1, 1, payload(i, 200)) for i in range(12)][-1], 5)
+        records = drain(r)
+        r.mark_acked(records[1:])  # seq 0 still in flight: no commit yet
+        w.append(1, 1, b"x" * 2000)  # rolls to a new segment, lost before its fsync
+        newest = segments(tmp_path)[-1]
+    os.truncate(tmp_path / layout.segment_name(newest), 0)
+    (tmp_path / layout.DURABLE_FILE).write_bytes(stale_durable)
+    with WalWriter.open(str(tmp_path), 2000, 1 << 24) as w:
+        assert w.next_seq == 12
+        assert w.wait_durable([w.append(1, 1, payload(100 + i, 200)) for i in range(5)][-1], 5)
+    with WalReader.open(str(tmp_path)) as r:
+        got = [(rec.seq, int.from_bytes(rec.payload[:8], "little")) for rec in drain(r)]
+    assert got == [(0, 0), *((12 + i, 100 + i) for i in range(5))]
+
+
+def test_seqs_continue_past_the_acked_file(tmp_path):
+    """Every segment holding acknowledged seqs gone and the durable file stale: the acked file
+    alone still says which seqs were handed out."""
+    with WalWriter.open(str(tmp_path), 1 << 20, 1 << 24) as w, WalReader.open(str(tmp_path)) as r:
+        assert w.wait_durable([w.append(1, 1, payload(i)) for i in range(4)][-1], 5)
+        r.mark_acked(drain(r)[2:])
+    for name in [*os.listdir(tmp_path)]:
+        if name.endswith(".wal") or name == layout.DURABLE_FILE:
+            os.unlink(tmp_path / name)
+    with WalWriter.open(str(tmp_path), 1 << 20, 1 << 24) as w:
+        assert w.next_seq == 4
+
+
+def _corrupt_seq(path: Path, index: int, size: int = 100) -> None:
+    data = bytearray(path.read_bytes())
+    data[index * (HDR + size) + HDR + 10] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _full_disk_for_quarantine(d: Path, base: int, start: int) -> None:
+    """Make the quarantine copy of segment ``base`` from ``start`` hit a real ENOSPC: its file
+    name is a symlink to /dev/full (every write fails with ENOSPC)."""
+    qdir = d / layout.QUARANTINE_DIR
+    qdir.mkdir(exist_ok=True)
+    (qdir / f"{base:020d}-{start:012d}{layout.SEGMENT_SUFFIX}").symlink_to("/dev/full")
+
+
+def test_quarantine_on_a_full_disk_still_cuts_and_the_log_opens(tmp_path):
+    """Review finding 6 (log side): the copy into quarantine/ fails with ENOSPC; the corrupt
+    remainder is still cut, counted and logged, and the writer opens."""
+    with WalWriter.open(str(tmp_path), 1 << 20, 1 << 20) as w:
+        assert w.wait_durable([w.append(1, 1, payload(i)) for i in range(10)][-1], 5)
+    _corrupt_seq(tmp_path / layout.segment_name(0), 4)
+    _full_disk_for_quarantine(tmp_path, 0, 4 * (HDR + 100))
+    with WalWriter.open(str(tmp_path), 1 << 20, 1 << 20) as w:
+        report = w.recovery_report
+        assert (report.quarantined_segments, report.quarantine_failures) == (1, 1)
+        assert report.quarantined_bytes == 6 * (HDR + 100) and report.quarantine_files == []
+        assert w.head == 4 * (HDR + 100) and w.next_seq == 10
+        assert w.wait_durable(w.append(1, 1, payload(10)), 5)
+    assert os.listdir(tmp_path / layout.QUARANTINE_DIR) == []  # the partial copy is removed
+    with WalReader.open(str(tmp_path)) as r:
+        assert [rec.seq for rec in drain(r)] == [0, 1, 2, 3, 10]
+
+
+def test_reader_quarantine_on_a_full_disk_still_skips(tmp_path):
+    """The same for corruption met while reading, in a sealed and in the live segment."""
+    with WalWriter.open(str(tmp_path), 1000, 1 << 20) as w, WalReader.open(str(tmp_path)) as r:
+        assert w.wait_durable([w.append(1, 1, payload(i)) for i in range(10)][-1], 5)
+        first, live = (tmp_path / layout.segment_name(b) for b in segments(tmp_path))
+        _corrupt_seq(first, 2)
+        _corrupt_seq(live, 1)
+        _full_disk_for_quarantine(tmp_path, 0, 2 * (HDR + 100))
+        _full_disk_for_quarantine(tmp_path, 7 * (HDR + 100), HDR + 100)
+        assert [rec.seq for rec in drain(r)] == [0, 1, 7]
+        assert (r.recovery_report.quarantined_segments, r.recovery_report.quarantine_failures) == (2, 2)
+        assert first.stat().st_size == 2 * (HDR + 100)
+        assert w.wait_durable(w.append(1, 1, payload(10)), 5)
+        assert [rec.seq for rec in drain(r)] == [10]
+
+
+def test_a_failed_fsync_is_never_forgotten(tmp_path, monkeypatch):
+    """Review finding 8: the writer once kept only the last 64 failed ranges, so a late waiter
+    on a record whose fsync failed could be told it was durable after enough later failures."""
+    fail = threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if fail.is_set():
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with WalWriter.open(str(tmp_path), 1 << 20, 1 << 24) as w:
+        first = None
+        for i in range(66):  # one failed fsync, then a good one, 66 times
+            fail.set()
+            errors = w.sync_errors
+            ticket = w.append(1, 1, payload(i))
+            first = first or ticket
+            assert not w.wait_durable(ticket, 5) and w.sync_errors == errors + 1
+            fail.clear()
+            assert w.wait_durable(w.append(1, 1, payload(i)), 5)
+        assert not w.wait_durable(first, 0)
+        decided: list[bool] = []
+        w.add_durable_callback(first, decided.append)
+        assert decided == [False]
+
+
+def test_the_fsync_thread_survives_a_failing_close(tmp_path, monkeypatch):
+    """Review finding 9: close() of a sealed segment can fail (EIO on some filesystems); the
+    fsync thread must go on, or no record would ever become durable again."""
+    real_close = os.close
+    failed = threading.Event()
+
+    def close(fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        real_close(fd)
+        on_thread = threading.current_thread().name == "wal-fsync"
+        if on_thread and name.endswith(layout.SEGMENT_SUFFIX) and not failed.is_set():
+            failed.set()
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "close", close)
+    with WalWriter.open(str(tmp_path), 300, 1 << 24) as w:
+        assert w.wait_durable([w.append(1, 1, payload(i)) for i in range(6)][-1], 5)
+        assert failed.is_set()
+        assert w.wait_durable(w.append(1, 1, payload(6)), 5)
