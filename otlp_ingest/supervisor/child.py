@@ -5,6 +5,9 @@ Children are started with fork+exec (`subprocess.Popen([sys.executable, "-m", "o
 
 - its Settings as JSON in env `OTLP_INGEST_SETTINGS_JSON`,
 - `PROMETHEUS_MULTIPROC_DIR` so its metrics land in per-process files the admin endpoint sums,
+- `OTLP_INGEST_SUPERVISOR_PID`: the supervisor's pid, so a child can tell that its parent died
+  before its death signal was armed (comparing `getppid()` with 1 fails when the supervisor *is*
+  PID 1, as in a container),
 - `OTLP_INGEST_DEADLINE_FILE`: where the supervisor writes its shutdown deadline
   (otlp_ingest.shutdown_deadline), so an exporter stops cleanly before the supervisor's kill,
 - on the command line its role, index, queue spec(s) (`--queue shm:NAME` or `--queue wal:DIR`,
@@ -28,6 +31,7 @@ from otlp_ingest.shutdown_deadline import DEADLINE_ENV, deadline_path
 log = logging.getLogger(__name__)
 
 SETTINGS_ENV = "OTLP_INGEST_SETTINGS_JSON"
+SUPERVISOR_PID_ENV = "OTLP_INGEST_SUPERVISOR_PID"
 
 # Restart backoff per slot: doubles on each quick death, reset once a child stayed up a while.
 BACKOFF_INITIAL = 0.1
@@ -77,6 +81,7 @@ class ChildSlot:
         cmd += ["--ready-fd", str(write_fd)]
         env = dict(os.environ)
         env[SETTINGS_ENV] = settings_to_json(settings)
+        env[SUPERVISOR_PID_ENV] = str(os.getpid())
         env["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
         env[DEADLINE_ENV] = deadline_path(multiproc_dir)
         try:

@@ -18,7 +18,7 @@ import sys
 
 from otlp_ingest.config import settings_from_json
 from otlp_ingest.errors import ExitCode
-from otlp_ingest.supervisor.child import SETTINGS_ENV
+from otlp_ingest.supervisor.child import SETTINGS_ENV, SUPERVISOR_PID_ENV
 from otlp_ingest.telemetry.logging import configure_logging
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,11 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
+    # The supervisor died before prctl took effect: we were re-parented. Compare with the pid it
+    # told us, not with 1: in a container the supervisor itself is PID 1.
+    expected = os.environ.get(SUPERVISOR_PID_ENV, "")
+    orphaned = os.getppid() != int(expected) if expected.isdigit() else os.getppid() == 1
+    if orphaned:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
