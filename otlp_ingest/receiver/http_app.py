@@ -12,9 +12,10 @@ Deadlines: uvicorn bounds neither the time to send headers nor the time to send 
 `timeout_keep_alive` only covers idle connections *between* requests). The worker's protocol
 (`worker.DeadlineHttpToolsProtocol`) closes connections whose headers take longer than
 `http_read_timeout` and stamps the request start into the ASGI scope (`REQUEST_START_EXTENSION`);
-here the body must then be complete by that same deadline, else 408 + `Connection: close`. So a
-chunked body that never ends, or one dribbled a byte at a time, holds a connection for at most
-`http_read_timeout`.
+here the body must then be complete by that same deadline, else 503 + Retry-After +
+`Connection: close` (not 408: OTLP clients retry only 429/502/503/504, and a slow link or a stalled
+proxy is a transient failure, so the data must be resent, not dropped). So a chunked body that
+never ends, or one dribbled a byte at a time, holds a connection for at most `http_read_timeout`.
 
 Overload (docs/architecture.md, Memory): while the memory limiter refuses, a request is answered
 503 + Retry-After before its body is read (and the connection closed: the client resends anyway).
@@ -63,7 +64,9 @@ _MEDIA_TYPE = {"protobuf": PROTOBUF, "json": JSON}
 # ASGI scope["extensions"] key holding the loop time (time.monotonic) the request's first byte
 # arrived; set by the worker's protocol, absent when the app runs under another server.
 REQUEST_START_EXTENSION = "otlp_ingest.request_start"
-_DEADLINE_EXCEEDED = 4  # google.rpc.Code.DEADLINE_EXCEEDED
+_UNAVAILABLE = 14  # google.rpc.Code.UNAVAILABLE: what the 503 of a body timeout carries
+# Retry-After of a body timeout: the client's link was slow or stalled, not the server busy.
+_TIMEOUT_RETRY_AFTER = 1
 
 # Bodies (raw, or compressed above OFFLOAD_COMPRESSED_BYTES: they may inflate up to the body limit)
 # whose decompress + decode + validate run off the event loop. Measured: a 22 MiB OTLP/JSON body
@@ -77,7 +80,8 @@ _BUSY_RETRY_AFTER = 1.0
 
 
 class BodyTimeout(errors.PermanentError):
-    """The body did not arrive within `http_read_timeout` of the request's start (HTTP 408).
+    """The body did not arrive within `http_read_timeout` of the request's start (HTTP 503 +
+    Retry-After: retryable for an OTLP client, which drops data on 408).
 
     HTTP-only (gRPC has its own deadlines), so it is answered here rather than in the status table.
     """
@@ -148,12 +152,14 @@ def request_deadline(request: Request, read_timeout: float) -> float:
 
 
 def timeout_response(exc: BodyTimeout, fmt: ContentFormat) -> Response:
-    """408 with a google.rpc.Status (DEADLINE_EXCEEDED); the connection is closed after it."""
+    """503 + Retry-After with a google.rpc.Status (UNAVAILABLE); the connection is closed after it
+    (the rest of the body may still be on its way). Not 408: OTLP clients never retry that."""
     if fmt == "protobuf":
-        body = status_bytes(_DEADLINE_EXCEEDED, exc.message)
+        body = status_bytes(_UNAVAILABLE, exc.message)
     else:
-        body = status_json(_DEADLINE_EXCEEDED, exc.message)
-    return Response(body, 408, {"Connection": "close"}, _MEDIA_TYPE[fmt])
+        body = status_json(_UNAVAILABLE, exc.message)
+    headers = {"Connection": "close", "Retry-After": str(_TIMEOUT_RETRY_AFTER)}
+    return Response(body, 503, headers, _MEDIA_TYPE[fmt])
 
 
 async def read_body_by(

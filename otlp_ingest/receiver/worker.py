@@ -14,11 +14,13 @@ Threads: uvicorn's asyncio (uvloop) loop runs in the main thread; grpc runs its 
 Hostile clients (docs/hostile-input.md): uvicorn bounds neither how long a client may take to send
 its request headers nor how many connections it holds, so the HTTP listener runs
 `DeadlineHttpToolsProtocol`: a request's headers must arrive within `http_read_timeout` of the
-connection opening (or of the request's first byte on a kept-alive connection), else 408 and
-close; the body deadline that follows is enforced in http_app. Connections beyond
-`http_connection_limit()` are closed at once. uvicorn's own `limit_concurrency` is not used: it
-counts idle connections too and answers 503 without Retry-After, so a flood of idle sockets would
-turn valid requests into refusals the client cannot pace itself by.
+connection opening (or of the request's first byte on a kept-alive connection), else 503 +
+Retry-After and close once part of a request arrived (OTLP clients retry 503, never 408), or 408
+and close for a connection that sent nothing; the body deadline that follows is enforced in
+http_app. Connections beyond `http_connection_limit()` are closed at once. uvicorn's own
+`limit_concurrency` is not used: it counts idle connections too and answers 503 without
+Retry-After, so a flood of idle sockets would turn valid requests into refusals the client cannot
+pace itself by.
 
 TLS (settings.tls_*): both ports serve TLS, or mTLS with a client CA. The PEM files are read here,
 at worker start, and nowhere else: a SIGHUP rolling restart is how rotated certificates (e.g. a
@@ -72,7 +74,14 @@ def _plain_response(status: bytes, message: bytes) -> bytes:
     )
 
 
-_TIMEOUT_RESPONSE = _plain_response(b"408 Request Timeout", b"request headers not received in time\n")
+# Headers started but not finished in time: 503 + Retry-After, which OTLP clients retry (they
+# drop the data on 408). A connection that sent nothing gets 408, HTTP's "closing an unused
+# connection" (RFC 9110 15.5.9): there is no request to retry, and clients such as Go's transport
+# expect exactly that on an idle connection and close it quietly.
+_TIMEOUT_RESPONSE = _plain_response(
+    b"503 Service Unavailable\r\nretry-after: 1", b"request headers not received in time\n"
+)
+_IDLE_TIMEOUT_RESPONSE = _plain_response(b"408 Request Timeout", b"no request received in time\n")
 _HEADERS_TOO_LARGE_RESPONSE = _plain_response(
     b"431 Request Header Fields Too Large", b"request headers larger than 64 KiB\n"
 )
@@ -96,7 +105,8 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     `read_timeout` and `max_connections` are set on a subclass by `deadline_protocol`, because
     uvicorn builds protocol instances itself. The deadline runs from the connection opening (or, on
     a kept-alive connection, from the next request's first byte) until the headers are complete;
-    when it passes, the client gets 408 and the connection is closed. Headers beyond
+    when it passes, the client gets 503 + Retry-After (408 if it sent nothing) and the connection
+    is closed. Headers beyond
     MAX_HEADER_BYTES get 431 and a close. The request's start is put in the ASGI scope so the app
     holds the body to the same deadline.
     """
@@ -168,9 +178,9 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         _hostile_log.warning(
             "header-timeout", "HTTP request headers not received within %.1fs: closing", self.read_timeout
         )
-        # A pipelined response may still be on its way: only an idle connection gets the 408.
+        # A pipelined response may still be on its way: only an idle connection gets an answer.
         if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(_TIMEOUT_RESPONSE)
+            self.transport.write(_TIMEOUT_RESPONSE if self._header_bytes else _IDLE_TIMEOUT_RESPONSE)
         self.transport.close()
 
 
