@@ -190,9 +190,18 @@ def max_payload(capacity: int) -> int:
     return min(max_record_size(capacity) - RECORD_HEADER_SIZE, WRAP_MARKER - 1)
 
 
-def ring_name(owner_pid: int, worker_index: int) -> str:
-    """The segment name of worker ``worker_index``'s ring under supervisor ``owner_pid``."""
-    return f"{NAME_PREFIX}{owner_pid}-w{worker_index}"
+def owner_id(pid: int, run: int) -> str:
+    """``<pid>.<run>``: the name component of one supervisor run (``run``: e.g. its start time in
+    ns). The pid alone is not unique: in a container every supervisor is PID 1, and a restarted
+    container's /dev/shm (a pod emptyDir) still holds the rings of the previous one. Parsers take
+    the pid as the digits before the first ``.`` or ``-``."""
+    return f"{pid}.{run}"
+
+
+def ring_name(owner: int | str, worker_index: int) -> str:
+    """The segment name of worker ``worker_index``'s ring under supervisor ``owner``: an
+    ``owner_id`` (``otlp-ingest-<pid>.<run>-w<i>``) or, in older names and tests, a bare pid."""
+    return f"{NAME_PREFIX}{owner}-w{worker_index}"
 
 
 def shm_dir() -> str:

@@ -20,9 +20,16 @@ from otlp_ingest.ring.layout import RingCorrupt, RingUsage
 T = TypeVar("T")
 
 
+class RingNotEmpty(Exception):
+    """``create_ring`` found a segment of that name still holding records: replacing it would
+    lose them (they may have been acknowledged to clients). Adopt it under another name instead."""
+
+
 def create_ring(name: str, capacity_bytes: int, max_records: int) -> None:
     """Create (or replace) segment ``name`` with a data area of ``capacity_bytes`` (rounded down
-    to a multiple of 8) holding at most ``max_records`` records.
+    to a multiple of 8) holding at most ``max_records`` records. An existing segment of that name
+    is replaced only if it is empty or not a readable ring; one holding records raises
+    ``RingNotEmpty``.
 
     The file is built under a temporary name and renamed into place, so an attacher sees either
     the old segment or a complete new one. Its pages are reserved with ``posix_fallocate``: a
@@ -35,6 +42,12 @@ def create_ring(name: str, capacity_bytes: int, max_records: int) -> None:
     if max_records < 1:
         raise ValueError(f"ring max_records {max_records} must be at least 1")
     size = layout.HEADER_SIZE + capacity
+    try:
+        records = ring_usage(name).records
+    except (FileNotFoundError, RingCorrupt):
+        records = 0
+    if records:
+        raise RingNotEmpty(f"ring {name} still holds {records} record(s)")
 
     def fill(fd: int) -> None:
         os.ftruncate(fd, size)
@@ -94,12 +107,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def wipe_stale_rings(prefix: str = layout.NAME_PREFIX) -> list[str]:
-    """Unlink segments named ``<prefix><pid>-...`` whose owner ``pid`` is no longer running
-    (left behind by a supervisor that was killed). Returns the names removed, sorted.
+def wipe_stale_rings(
+    prefix: str = layout.NAME_PREFIX, keep: Callable[[str], bool] | None = None
+) -> list[str]:
+    """Unlink segments named ``<prefix><pid>[.<run>]-...`` whose owner ``pid`` is no longer
+    running (left behind by a supervisor that was killed). Returns the names removed, sorted.
 
-    A recycled pid keeps its stale segment alive; that is harmless because ``create_ring``
-    replaces any segment it needs anyway.
+    ``keep(name)``, when given, decides instead of the pid check (the supervisor knows more: run
+    ids, whose pid may be its own, and rings it must leave in place). By pid alone a recycled pid
+    keeps its stale segment alive; that cannot lose data because run ids make names unique and
+    ``create_ring`` refuses to replace a segment that holds records.
     """
     directory = layout.shm_dir()
     try:
@@ -111,7 +128,9 @@ def wipe_stale_rings(prefix: str = layout.NAME_PREFIX) -> list[str]:
         if not name.startswith(prefix):
             continue
         pid_text = name[len(prefix) :].split("-", 1)[0].split(".", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) <= 0 or _pid_alive(int(pid_text)):
+        if not pid_text.isdigit() or int(pid_text) <= 0:
+            continue
+        if keep(name) if keep is not None else _pid_alive(int(pid_text)):
             continue
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, name))

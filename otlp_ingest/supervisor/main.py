@@ -41,6 +41,7 @@ from prometheus_client import multiprocess
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ConfigError, ExitCode
 from otlp_ingest.queue import QueueSpec, wal_max_bytes
+from otlp_ingest.ring.layout import owner_id
 from otlp_ingest.shutdown_deadline import deadline_path, write_deadline
 from otlp_ingest.supervisor import queues
 from otlp_ingest.supervisor.admin import AdminServer
@@ -76,6 +77,9 @@ class Supervisor:
         self.settings = settings
         self._reload = reload
         self.pid = os.getpid()
+        # Names this run's rings, dest file and metrics dir: unique even when the pid repeats.
+        self.owner = owner_id(self.pid, time.time_ns())
+        self._dest_fd = -1  # holds the flock that tells other supervisors this run is alive
         self.workers: list[ChildSlot] = []
         self.exporters: list[ChildSlot] = []
         self.restarts: dict[str, int] = {"worker": 0, "exporter": 0}
@@ -122,10 +126,19 @@ class Supervisor:
 
     def _boot(self) -> int | None:
         """Queues, metrics dir and admin listener. Returns an exit code if start-up failed."""
-        stale = queues.wipe_stale_metrics_dirs()
+        try:
+            # First: from here on other supervisors see this run as alive.
+            self._dest_fd = queues.write_destination(self.owner, self.settings)
+        except OSError as exc:
+            if not self.settings.queue_dir:
+                log.error("cannot write %s: %s", queues.dest_path(self.owner), exc)
+                return ExitCode.CHILD_BOOT
+            # Durable mode needs no shared memory: the pid then tells whether this run is alive.
+            log.warning("cannot write %s: %s", queues.dest_path(self.owner), exc)
+        stale = queues.wipe_stale_metrics_dirs(self.owner)
         if stale:
             log.info("removed %d metrics dir(s) of dead supervisors", len(stale))
-        self.multiproc_dir = tempfile.mkdtemp(prefix=f"otlp-ingest-metrics-{self.pid}-")
+        self.multiproc_dir = tempfile.mkdtemp(prefix=f"{queues.METRICS_PREFIX}{self.owner}-")
         # Children inherit it; set here too so anything in this process uses the same directory
         # (restored at exit: a supervisor run inside another program must not leave it behind).
         self._env_multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -198,16 +211,13 @@ class Supervisor:
                     ", ".join(q.target for q in extra),
                 )
             return [*mine, *extra]
-        from otlp_ingest.ring import wipe_stale_rings
-
-        # Adopt before wiping: wipe_stale_rings removes every segment of a dead supervisor.
-        self.adopted = queues.adopt_stale_rings(self.pid, self.settings)
-        wiped = wipe_stale_rings()
+        # Adopt before wiping: wipe_stale removes what adoption left of dead supervisors.
+        self.adopted = queues.adopt_stale_rings(self.owner, self.settings)
+        wiped = queues.wipe_stale(self.owner)
         if wiped:
             log.info("removed %d stale segment(s) of dead supervisors: %s", len(wiped), ", ".join(wiped))
         try:
-            queues.write_destination(self.pid, self.settings)
-            self.ring_names = queues.create_worker_rings(self.pid, self.settings, workers)
+            self.ring_names = queues.create_worker_rings(self.owner, self.settings, workers, self.adopted)
         except OSError as exc:
             log.error("cannot create ring of %d bytes: %s", self.settings.queue_bytes, exc)
             return None
@@ -485,9 +495,12 @@ class Supervisor:
             if kept:
                 log.warning("%d acknowledged record(s) left in shared memory for the next start", kept)
             else:
-                queues.remove_destination(self.pid)
-        elif not self.settings.queue_dir:
-            queues.remove_destination(self.pid)
+                queues.remove_destination(self.owner)
+        else:
+            queues.remove_destination(self.owner)
+        if self._dest_fd >= 0:  # after the unlink: no one may see our dest file unlocked and empty-handed
+            os.close(self._dest_fd)
+            self._dest_fd = -1
         if self._queue_lock_fd >= 0:
             queues.unlock_queue_dir(self._queue_lock_fd)
             self._queue_lock_fd = -1

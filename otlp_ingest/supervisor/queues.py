@@ -1,26 +1,36 @@
 """The supervisor's queue lifecycle: create, adopt and keep queues across restarts.
 
-Shared-memory mode. Rings are named ``otlp-ingest-<supervisor pid>-w<i>`` (worker rings) and
-``...-a<k>`` (adopted rings). Each supervisor also writes ``otlp-ingest-<pid>-dest``: its
-destination (backend endpoint, or the file sink's absolute directory). At exit, rings that still
-hold records (acknowledged, not yet delivered: e.g. the backend was down past the shutdown
-deadline) are kept. At start, the rings of *dead* supervisors with the same destination are
-adopted: renamed to ``otlp-ingest-<our pid>-a<k>`` and drained by an exporter like any ring, then
-unlinked once empty. Empty or corrupt stale rings are removed. Non-empty stale rings of another
-destination are left in place (and logged) for a server with that destination: deleting them would
+Shared-memory mode. Each supervisor run has an owner id ``<pid>.<run>`` (``ring.layout.owner_id``;
+the pid alone repeats: in a container every supervisor is PID 1 and /dev/shm may outlive the
+container). Rings are named ``otlp-ingest-<owner>-w<i>`` (worker rings) and ``...-a<k>`` (adopted
+rings). Each run also writes ``otlp-ingest-<owner>-dest``: its destination (backend endpoint, or
+the file sink's absolute directory), and holds an exclusive ``flock`` on it for its lifetime: that
+lock is how another supervisor tells a live run from a dead one, across PID namespaces and
+recycled pids (the kernel drops it when the process dies, even by SIGKILL). Owners without a run
+id (names written by older versions) are judged by their pid; one equal to ours is dead.
+
+At exit, rings that still hold records (acknowledged, not yet delivered: e.g. the backend was down
+past the shutdown deadline) are kept, with the dest file. At start, the rings of *dead* runs with
+the same destination are adopted: renamed to ``otlp-ingest-<our owner>-a<k>`` and drained by an
+exporter like any ring, then unlinked once empty. Empty or corrupt stale rings are removed, and so
+is everything else of dead runs except the non-empty rings of another destination and their dest
+file: those are left in place (and logged) for a server with that destination: deleting them would
 lose acknowledged data, and sending them elsewhere would deliver it to the wrong backend.
+``create_ring`` refuses to replace a ring holding records; should a worker ring's name ever be
+taken by one, it is adopted as well.
 
 Durable mode. ``OTLP_QUEUE_DIR`` is locked (``supervisor.lock``, flock: a second server on the same
 directory cannot start), one ``worker-<i>`` log per worker is created (existing ones are reused,
 never wiped) and logs of an earlier run with more workers are drained too (see otlp_ingest.queue).
 
-Prometheus multiprocess directories of dead supervisors (``otlp-ingest-metrics-<pid>-*`` in the
-temp dir) are removed at start as well.
+Prometheus multiprocess directories of dead runs (``otlp-ingest-metrics-<owner>-*`` in the temp
+dir) are removed at start as well.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import logging
 import os
@@ -30,14 +40,18 @@ import tempfile
 
 from otlp_ingest.config import Settings
 from otlp_ingest.queue import SUPERVISOR_LOCK, QueueSpec, existing_worker_dirs, worker_dir
-from otlp_ingest.ring import RingCorrupt, create_ring, ring_name, ring_usage, unlink_ring
+from otlp_ingest.ring import RingCorrupt, create_ring, ring_name, ring_usage, unlink_ring, wipe_stale_rings
 from otlp_ingest.ring.layout import NAME_PREFIX, shm_dir
+from otlp_ingest.ring.segment import RingNotEmpty
 from otlp_ingest.wal.lock import try_lock, unlock
 
 log = logging.getLogger("otlp_ingest.supervisor")
 
-_RING = re.compile(re.escape(NAME_PREFIX) + r"(\d+)-[wa](\d+)")
-_METRICS = re.compile(r"otlp-ingest-metrics-(\d+)-.*")
+_OWNER = r"((\d+)(?:\.(\d+))?)"  # groups: owner id, pid, run (absent in older names)
+_RING = re.compile(re.escape(NAME_PREFIX) + _OWNER + r"-[wa](\d+)")
+_ANY = re.compile(re.escape(NAME_PREFIX) + _OWNER + r"-.*")
+_METRICS = re.compile(r"otlp-ingest-metrics-" + _OWNER + r"-.*")
+METRICS_PREFIX = "otlp-ingest-metrics-"  # + owner id + "-": the supervisor's multiprocess dir
 
 
 class QueueDirLocked(Exception):
@@ -58,32 +72,68 @@ def destination(settings: Settings) -> str:
     return settings.endpoint or "file:" + os.path.abspath(settings.data_dir)
 
 
-def _dest_path(pid: int) -> str:
-    return os.path.join(shm_dir(), f"{NAME_PREFIX}{pid}-dest")
+def dest_path(owner: str) -> str:
+    return os.path.join(shm_dir(), f"{NAME_PREFIX}{owner}-dest")
 
 
-def write_destination(pid: int, settings: Settings) -> None:
-    with open(_dest_path(pid), "w") as f:
-        f.write(destination(settings))
+def owner_alive(owner: str, current: str) -> bool:
+    """Is supervisor run ``owner`` (``<pid>[.<run>]``) still running? ``current`` is ours."""
+    if owner == current:
+        return True
+    pid_text, _, run = owner.partition(".")
+    if run:
+        try:
+            fd = os.open(dest_path(owner), os.O_RDONLY)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True  # its run holds the lock
+            finally:
+                os.close(fd)
+            return False
+    # No dest file (a run that was starting or is long gone) or an older name: the pid decides,
+    # but a pid equal to ours is a previous run of this container, never a live one.
+    pid = int(pid_text)
+    return pid != int(current.partition(".")[0]) and pid_alive(pid)
 
 
-def remove_destination(pid: int) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(_dest_path(pid))
-
-
-def _read_destination(pid: int) -> str | None:
+def write_destination(owner: str, settings: Settings) -> int:
+    """Write ``otlp-ingest-<owner>-dest`` and return the fd holding its lock (keep it open for
+    the run's lifetime). Built under a hidden name and renamed, so no one sees it unlocked."""
+    path = dest_path(owner)
+    tmp = os.path.join(shm_dir(), f".{NAME_PREFIX}{owner}-dest.tmp")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with open(_dest_path(pid)) as f:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, destination(settings).encode())
+        os.rename(tmp, path)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return fd
+
+
+def remove_destination(owner: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(dest_path(owner))
+
+
+def _read_destination(owner: str) -> str | None:
+    try:
+        with open(dest_path(owner)) as f:
             return f.read()
     except OSError:
         return None
 
 
-def adopt_stale_rings(pid: int, settings: Settings) -> list[str]:
-    """Rename the non-empty rings of dead supervisors with our destination to ours (``-a<k>``);
-    unlink empty or corrupt stale rings. Returns the adopted names (call before
-    ``wipe_stale_rings``, which removes what is left of dead supervisors: their dest files)."""
+def adopt_stale_rings(owner: str, settings: Settings) -> list[str]:
+    """Rename the non-empty rings of dead runs with our destination to ours (``-a<k>``); unlink
+    empty or corrupt stale rings. Returns the adopted names (then call ``wipe_stale``)."""
     directory = shm_dir()
     try:
         names = sorted(os.listdir(directory))
@@ -93,7 +143,7 @@ def adopt_stale_rings(pid: int, settings: Settings) -> list[str]:
     adopted: list[str] = []
     for name in names:
         m = _RING.fullmatch(name)
-        if not m or int(m.group(1)) == pid or pid_alive(int(m.group(1))):
+        if not m or owner_alive(m.group(1), owner):
             continue
         try:
             records = ring_usage(name).records
@@ -104,29 +154,79 @@ def adopt_stale_rings(pid: int, settings: Settings) -> list[str]:
         if records == 0:
             unlink_ring(name)
             continue
-        if _read_destination(int(m.group(1))) != mine:
+        if _read_destination(m.group(1)) != mine:
             log.warning(
                 "stale ring %s holds %d acknowledged record(s) for another destination: left in place",
                 name,
                 records,
             )
             continue
-        new = f"{NAME_PREFIX}{pid}-a{len(adopted)}"
-        try:
-            os.rename(os.path.join(directory, name), os.path.join(directory, new))
-        except FileNotFoundError:  # another starting supervisor took it
-            continue
-        log.info("adopted ring %s of a dead supervisor as %s: %d record(s) to deliver", name, new, records)
-        adopted.append(new)
+        new = _adopt(name, owner, adopted)
+        if new is not None:
+            log.info(
+                "adopted ring %s of a dead supervisor as %s: %d record(s) to deliver", name, new, records
+            )
     return adopted
 
 
-def create_worker_rings(pid: int, settings: Settings, workers: int) -> list[str]:
+def _adopt(name: str, owner: str, adopted: list[str]) -> str | None:
+    """Rename ring ``name`` to our next free ``-a<k>`` name and append it to ``adopted``."""
+    directory = shm_dir()
+    k = len(adopted)
+    while os.path.exists(os.path.join(directory, f"{NAME_PREFIX}{owner}-a{k}")):
+        k += 1
+    new = f"{NAME_PREFIX}{owner}-a{k}"
+    try:
+        os.rename(os.path.join(directory, name), os.path.join(directory, new))
+    except FileNotFoundError:  # another starting supervisor took it
+        return None
+    adopted.append(new)
+    return new
+
+
+def wipe_stale(owner: str) -> list[str]:
+    """After ``adopt_stale_rings``: unlink what is left of dead runs (dest files, memory flags,
+    temporary files) except non-empty rings, and the dest files of owners that still have one."""
+    directory = shm_dir()
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    held = {m.group(1) for n in names if (m := _RING.fullmatch(n)) and not _ring_empty(n)}
+
+    def keep(name: str) -> bool:
+        m = _ANY.fullmatch(name)
+        if m is None or m.group(1) in held:
+            return True
+        if m.group(3) is None and m.group(2) == owner.partition(".")[0]:
+            # An older name with our pid (e.g. the memory flag, which is named by pid): ours to
+            # replace, not to delete from under a running limiter.
+            return not name.endswith("-dest")
+        return owner_alive(m.group(1), owner)
+
+    return wipe_stale_rings(keep=keep)
+
+
+def _ring_empty(name: str) -> bool:
+    try:
+        return ring_usage(name).records == 0
+    except (OSError, RingCorrupt):
+        return True
+
+
+def create_worker_rings(owner: str, settings: Settings, workers: int, adopted: list[str]) -> list[str]:
+    """One ring per worker. A ring of that name holding records (never expected: names are unique
+    per run) is adopted into ``adopted`` rather than replaced."""
     max_records = max(1, settings.queue_size // workers)
     names = []
     for i in range(workers):
-        name = ring_name(pid, i)
-        create_ring(name, settings.queue_bytes, max_records)
+        name = ring_name(owner, i)
+        try:
+            create_ring(name, settings.queue_bytes, max_records)
+        except RingNotEmpty as exc:
+            new = _adopt(name, owner, adopted)
+            log.warning("%s: adopted as %s", exc, new)
+            create_ring(name, settings.queue_bytes, max_records)
         names.append(name)
     return names
 
@@ -193,12 +293,12 @@ def durable_queues(queue_dir: str, workers: int) -> tuple[list[QueueSpec], list[
     return mine, extra
 
 
-def wipe_stale_metrics_dirs() -> list[str]:
-    """Remove ``otlp-ingest-metrics-<pid>-*`` directories of dead supervisors."""
+def wipe_stale_metrics_dirs(owner: str) -> list[str]:
+    """Remove ``otlp-ingest-metrics-<owner>-*`` directories of dead runs."""
     removed = []
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), "otlp-ingest-metrics-*")):
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), METRICS_PREFIX + "*")):
         m = _METRICS.fullmatch(os.path.basename(path))
-        if m and not pid_alive(int(m.group(1))):
+        if m and not owner_alive(m.group(1), owner):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

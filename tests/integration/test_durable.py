@@ -144,7 +144,7 @@ def test_shm_ring_with_unsent_records_is_kept_and_delivered_at_next_start(
     client.close()
     pid = server.pid
     assert server.stop() == 4
-    kept = [n for n in os.listdir(shm_dir()) if n.startswith(f"{NAME_PREFIX}{pid}-w")]
+    kept = [n for n in os.listdir(shm_dir()) if n.startswith(f"{NAME_PREFIX}{pid}.") and "-w" in n]
     assert kept, "the ring holding acknowledged records was unlinked"
 
     backend.control(fail_next=0)
@@ -153,9 +153,11 @@ def test_shm_ring_with_unsent_records_is_kept_and_delivered_at_next_start(
     expected = client.keys()
     wait_until(lambda: expected <= set(backend.records()["traces"]["keys"]), 20, 0.1, "the kept records")
     wait_until(
-        lambda: not any(n.startswith(f"{NAME_PREFIX}{again.pid}-a") for n in os.listdir(shm_dir())),
+        lambda: (
+            not any(n.startswith(f"{NAME_PREFIX}{again.pid}.") and "-a" in n for n in os.listdir(shm_dir()))
+        ),
         10,
         0.1,
         "the adopted ring removed once drained",
     )
-    assert not any(n.startswith(f"{NAME_PREFIX}{pid}-") for n in os.listdir(shm_dir()))
+    assert not any(n.startswith(f"{NAME_PREFIX}{pid}.") for n in os.listdir(shm_dir()))

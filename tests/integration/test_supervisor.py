@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -238,3 +239,56 @@ def test_child_dying_before_ready_halts_after_three_tries(tmp_path, monkeypatch,
     assert sum("exporter[0] started" in m for m in messages) == 3
     assert any("exporter[0] died before becoming ready 3 times in a row" in m for m in messages)
     assert not any("worker[0] started" in m for m in messages)
+
+
+def test_same_pid_restart_adopts_previous_runs_rings_and_cleans_its_leftovers(tmp_path, monkeypatch):
+    """A supervisor restarted with the same pid (PID 1 in every container start; /dev/shm and /tmp
+    survive in the pod) adopts the previous run's non-empty rings instead of overwriting them, and
+    removes that run's empty `-a<k>` rings and metrics dirs (test_pid1.py does it end to end)."""
+    from otlp_ingest.config import Settings
+    from otlp_ingest.ring import RingWriter, ring_name, ring_usage
+    from otlp_ingest.ring.layout import owner_id
+    from otlp_ingest.supervisor import queues
+
+    shm, tmp = tmp_path / "shm", tmp_path / "tmp"
+    shm.mkdir(), tmp.mkdir()
+    monkeypatch.setenv("OTLP_INGEST_SHM_DIR", str(shm))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    settings = Settings(workers=1, queue_bytes=1 << 20, data_dir=str(tmp_path / "data"))
+    pid = os.getpid()
+
+    old = owner_id(pid, 1)
+    old_lock = queues.write_destination(old, settings)
+    old_ring = queues.create_worker_rings(old, settings, 1, [])[0]
+    writer = RingWriter.attach(old_ring)
+    assert writer.try_write(1, 1, b"acknowledged")
+    writer.close()
+    adopted_before: list[str] = []
+    # create_ring refuses to overwrite a ring holding records: the old run adopts it as -a0 and
+    # gets a fresh empty -w0 (this is also what happens should a name ever repeat).
+    assert queues.create_worker_rings(old, settings, 1, adopted_before) == [old_ring]
+    assert adopted_before == [f"otlp-ingest-{old}-a0"] and ring_usage(old_ring).records == 0
+    queues.create_ring(f"otlp-ingest-{old}-a1", 1 << 20, 10)  # an adopted ring already drained
+    (tmp / f"otlp-ingest-metrics-{old}-x").mkdir()
+    (tmp / f"otlp-ingest-metrics-{pid}-y").mkdir()  # an older version's name, same pid
+
+    new = owner_id(pid, 2)
+    new_lock = queues.write_destination(new, settings)
+    try:
+        # The old run is alive while it holds its lock: nothing of it is touched.
+        assert queues.adopt_stale_rings(new, settings) == []
+        assert [os.path.basename(p) for p in queues.wipe_stale_metrics_dirs(new)] == [
+            f"otlp-ingest-metrics-{pid}-y"  # a pid-only name with our pid: a previous run
+        ]
+        os.close(old_lock)  # the old run dies
+        adopted = queues.adopt_stale_rings(new, settings)
+        queues.wipe_stale(new)
+        names = queues.create_worker_rings(new, settings, 1, adopted)
+        assert names == [ring_name(new, 0)] and names[0] != old_ring
+        assert [ring_usage(n).records for n in adopted] == [1]
+        assert sorted(os.listdir(shm)) == sorted([*adopted, names[0], f"otlp-ingest-{new}-dest"])
+        assert [os.path.basename(p) for p in queues.wipe_stale_metrics_dirs(new)] == [
+            f"otlp-ingest-metrics-{old}-x"
+        ]
+    finally:
+        os.close(new_lock)

@@ -30,6 +30,7 @@ from otlp_ingest.ring import (
     unlink_ring,
     wipe_stale_rings,
 )
+from otlp_ingest.ring.segment import RingNotEmpty
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,6 +80,22 @@ def _u64(name: str, offset: int) -> int:
 def test_ring_name_format():
     assert ring_name(1234, 0) == "otlp-ingest-1234-w0"
     assert ring_name(7, 12) == "otlp-ingest-7-w12"
+    assert ring_name(layout.owner_id(1, 42), 3) == "otlp-ingest-1.42-w3"
+
+
+def test_create_ring_refuses_to_replace_a_ring_holding_records():
+    name = _unique_name()
+    try:
+        create_ring(name, 4096, 10)
+        create_ring(name, 4096, 10)  # empty: replaced
+        writer = RingWriter.attach(name)
+        assert writer.try_write(1, 1, b"acknowledged")
+        writer.close()
+        with pytest.raises(RingNotEmpty):
+            create_ring(name, 8192, 10)
+        assert ring_usage(name).records == 1 and ring_usage(name).capacity_bytes == 4096
+    finally:
+        unlink_ring(name)
 
 
 def test_round_trip(ring):
@@ -342,7 +359,11 @@ def test_create_replaces_and_unlink_is_idempotent(ring):
     name = ring(1024, 10)
     with RingWriter.attach(name) as writer:
         writer.try_write(1, 1, b"old")
-    create_ring(name, 2048, 20)
+    with pytest.raises(RingNotEmpty):  # a ring holding records is never replaced
+        create_ring(name, 2048, 20)
+    with RingReader.attach(name) as reader:
+        reader.commit(reader.read())
+    create_ring(name, 2048, 20)  # drained: replaced
     assert ring_usage(name) == RingUsage(records=0, used_bytes=0, capacity_bytes=2048, max_records=20)
     assert _peek(name, layout.OFF_OWNER_PID, 8) == layout.U64.pack(os.getpid())
     with RingReader.attach(name) as reader:
