@@ -287,13 +287,8 @@ class ExportService:
                 )
             if self._memory is not None and (memory_state := self._memory.state()):
                 self._refuse_for_memory(signal, body, content_format, series, memory_state)
-            validated: ValidatedPayload
             # Items over the batch byte cap could never be sent: refused here (partial_success).
-            limit = self._settings.batch_max_bytes
-            if content_format == "protobuf":
-                validated = validate_protobuf(signal, body, limit)
-            else:
-                validated = validate_message(signal, decode_json(signal, body), limit)
+            validated = _validated(signal, body, content_format, self._settings.batch_max_bytes)
             accepted = validated.accepted
             rejected = validated.rejected
             ticket = None
@@ -372,10 +367,7 @@ class ExportService:
         above the hard limit nothing more is allocated and only the request is counted."""
         if state == 1:
             try:
-                if content_format == "protobuf":
-                    counted = validate_protobuf(signal, body)
-                else:
-                    counted = validate_message(signal, decode_json(signal, body))
+                counted = _validated(signal, body, content_format)
                 series.refused.inc(counted.accepted + counted.rejected)
             except errors.OtlpError:
                 pass  # malformed: nothing to count; the client still gets the retryable answer
@@ -423,3 +415,12 @@ class ExportService:
             accepted,
         )
         raise errors.QueueFull("queue full: the server is overloaded, retry later", retry_after=retry_after)
+
+
+def _validated(
+    signal: Signal, body: bytes, content_format: ContentFormat, max_item_bytes: int = 0
+) -> ValidatedPayload:
+    """Decode `body` in its format and validate it (InvalidArgument when it does not decode)."""
+    if content_format == "protobuf":
+        return validate_protobuf(signal, body, max_item_bytes)
+    return validate_message(signal, decode_json(signal, body), max_item_bytes)
