@@ -118,6 +118,11 @@ class Supervisor:
             self._start_exporters()
             while self._shutdown_phase != "done":
                 self._tick()
+            left = queues.records_in([*self.ring_names, *self.adopted])
+            if left and self._exit_code == ExitCode.OK:
+                # Every child exited cleanly yet acknowledged data was not delivered: say so.
+                log.error("shutdown: %d acknowledged record(s) were not delivered", left)
+                self._exit_code = ExitCode.SHUTDOWN_TIMEOUT
             return int(self._exit_code)
         finally:
             self._cleanup()
@@ -288,7 +293,7 @@ class Supervisor:
             self._check_boot_timeouts(now)
             self._advance_roll()
         else:
-            if self._shutdown_phase == "workers":
+            if self._shutdown_phase in ("workers", "exporters"):
                 self._start_due(now, roles=("exporter",))
             self._advance_shutdown(now)
         self._forget_drained_adopted(now)
@@ -368,10 +373,16 @@ class Supervisor:
             log.info("%s exited (pid %d, %s)", slot.name, pid, how)
             if code == ExitCode.SHUTDOWN_TIMEOUT:
                 self._exit_code = ExitCode.SHUTDOWN_TIMEOUT
-            if self._shutdown_phase == "workers" and slot.role == "exporter" and not slot.stopping:
-                # Its queues must still drain once the workers are gone: restart it now.
+            if (
+                slot.role == "exporter"
+                and self._shutdown_phase in ("workers", "exporters")
+                and (slot.rolling or not slot.stopping)
+            ):
+                # Died, or was stopped for a reload just before the shutdown: its queues may hold
+                # records acknowledged after it drained, so a replacement must drain them.
+                slot.rolling = False
                 slot.restart_at = time.monotonic()
-                log.warning("%s died while the workers stop: restarting it to drain its queues", slot.name)
+                log.warning("%s exited during shutdown: restarting it to drain its queues", slot.name)
             return
         if slot.rolling:
             log.info(
@@ -455,8 +466,13 @@ class Supervisor:
                 "shutdown: workers stopped; stopping %d exporter(s)", sum(s.alive for s in self.exporters)
             )
             self._shutdown_phase = "exporters"
-            self._terminate(self.exporters)
-        if self._shutdown_phase == "exporters" and not any(s.alive for s in self.exporters):
+        if self._shutdown_phase == "exporters":
+            # A replacement started during this phase is told to drain once it is ready (a SIGTERM
+            # before its handlers are installed would kill it outright).
+            self._terminate([s for s in self.exporters if s.ready])
+        if self._shutdown_phase == "exporters" and not any(
+            s.alive or s.restart_at is not None for s in self.exporters
+        ):
             log.info("shutdown: exporters stopped")
             self._shutdown_phase = "done"
             return

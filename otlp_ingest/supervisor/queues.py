@@ -231,6 +231,17 @@ def create_worker_rings(owner: str, settings: Settings, workers: int, adopted: l
     return names
 
 
+def records_in(names: list[str]) -> int:
+    """Acknowledged records still queued in the rings `names` (missing or unreadable count 0)."""
+    total = 0
+    for name in names:
+        try:
+            total += ring_usage(name).records
+        except (OSError, RingCorrupt):
+            continue
+    return total
+
+
 def release_rings(names: list[str]) -> int:
     """At exit: unlink empty rings, keep those holding records. Returns the records kept."""
     kept = 0

@@ -207,6 +207,56 @@ def test_sighup_reloads_by_rolling_restart(tmp_path):
         assert srv.stop() == 0
 
 
+def test_sigterm_during_a_reload_still_delivers_everything_acknowledged(tmp_path):
+    """SIGTERM lands while a SIGHUP reload has just stopped the exporter: records acked by the
+    already-restarted worker must still be drained by a replacement exporter (not left behind)."""
+    from otlp_ingest.loadgen import PayloadFactory
+
+    factory = PayloadFactory("traces", 5)
+    srv = ServerProcess(tmp_path, {"OTLP_WORKERS": "1"}).start()
+    url = f"{srv.http_endpoint}/v1/traces"
+    acked: list[str] = []
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        after = 0  # requests acked once the old exporter is stopping (it drained before them)
+        while after < 3 and time.monotonic() < deadline:
+            if "reload: stopping exporter" in srv.log_tail():
+                after += 1
+            token = os.urandom(16)
+            try:
+                response = session.post(
+                    url,
+                    data=factory.build(token),
+                    headers={"Content-Type": "application/x-protobuf"},
+                    timeout=5,
+                )
+            except requests.ConnectionError:
+                continue  # the worker is restarting
+            if response.status_code == 200:
+                acked.extend(factory.keys(token))
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.log_tail()
+    assert acked
+    delivered = set()
+    for path in (srv.data_dir).glob("traces*.jsonl"):
+        for line in path.read_bytes().splitlines():
+            delivered.update(item_keys_of(line))
+    assert set(acked) <= delivered
+    assert "were not delivered" not in srv.log_tail()
+
+
+def item_keys_of(line: bytes) -> list[str]:
+    from otlp_ingest.otlp.json_codec import decode_json
+    from otlp_ingest.otlp.signals import Signal
+    from tests.support.recording_backend import item_keys
+
+    return list(item_keys("traces", decode_json(Signal.TRACES, line)))
+
+
 def test_exporter_that_cannot_boot_halts_before_workers_start(tmp_path):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
