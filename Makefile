@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: run test lint bench fuzz soak tools clean
 
@@ -31,8 +32,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-## bench: micro benchmarks (pytest-benchmark) and the end-to-end run; results in benchmarks/results/
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+## bench: micro benchmarks (pytest-benchmark) and the end-to-end run against rotel (the Rust peer,
+##        installed from its wheel) in the same run; results in benchmarks/results/
+bench: $(BENCH_STAMP)
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-columns=min,median,ops -p no:randomly
 	$(PY) benchmarks/run_e2e.py
 

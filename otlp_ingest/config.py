@@ -107,6 +107,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     grpc_max_recv_bytes: int = 4 * MiB
     http_max_body_bytes: int = 20 * MiB  # after decompression; the compressed body too
     http_read_timeout: float = 30.0  # headers and body of one request must arrive within this
+    # Connection ageing, so long-lived clients re-spread over workers and pods (an HPA scale-up
+    # gets traffic): GOAWAY after the age (x0.9-1.1 jitter), close after the grace; HTTP keep-alive
+    # connections close after the response past the age or the request count. 0 = never.
+    grpc_max_connection_age: float = 300.0
+    grpc_max_connection_age_grace: float = 30.0
+    http_max_connection_age: float = 300.0
+    http_max_connection_requests: int = 0
     # Receiver TLS on both OTLP ports (gRPC and HTTP), like the Collector's receiver `tls`.
     # Cert and key together or neither; a client CA makes client certificates required (mTLS).
     # Read when a worker starts, so a SIGHUP (rolling restart) picks up rotated certificates.
@@ -159,6 +166,10 @@ ENV_NAMES: dict[str, str] = {
     "grpc_max_recv_bytes": "OTLP_GRPC_MAX_RECV_BYTES",
     "http_max_body_bytes": "OTLP_HTTP_MAX_BODY_BYTES",
     "http_read_timeout": "OTLP_HTTP_READ_TIMEOUT",
+    "grpc_max_connection_age": "OTLP_GRPC_MAX_CONNECTION_AGE",
+    "grpc_max_connection_age_grace": "OTLP_GRPC_MAX_CONNECTION_AGE_GRACE",
+    "http_max_connection_age": "OTLP_HTTP_MAX_CONNECTION_AGE",
+    "http_max_connection_requests": "OTLP_HTTP_MAX_CONNECTION_REQUESTS",
     "tls_cert_file": "OTLP_TLS_CERT_FILE",
     "tls_key_file": "OTLP_TLS_KEY_FILE",
     "tls_client_ca_file": "OTLP_TLS_CLIENT_CA_FILE",
@@ -180,8 +191,16 @@ _DURATION_FIELDS = {
     "batch_timeout": 0.0,
     "shutdown_timeout": 0.0,
     "http_read_timeout": 0.0,
+    "grpc_max_connection_age": 0.0,
+    "grpc_max_connection_age_grace": 0.0,
+    "http_max_connection_age": 0.0,
 }
-_ZERO_OK = {"retry_max_elapsed"}
+_ZERO_OK = {
+    "retry_max_elapsed",
+    "grpc_max_connection_age",
+    "grpc_max_connection_age_grace",
+    "http_max_connection_age",
+}
 _SIZE_FIELDS = {
     "batch_max_bytes",
     "queue_bytes",
@@ -203,6 +222,7 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "grpc_port": (0, 65535),
     "http_port": (0, 65535),
     "admin_port": (0, 65535),
+    "http_max_connection_requests": (0, None),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "export_protocol": ("grpc", "http/protobuf"),

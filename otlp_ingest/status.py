@@ -11,37 +11,62 @@ Retry-After; a request that is too large is RESOURCE_EXHAUSTED *without* RetryIn
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-
-import grpc
 
 from otlp_ingest import errors
 
 
+class GrpcCode(enum.IntEnum):
+    """gRPC status codes (grpc/doc/statuscodes.md), the numbers grpc's own `StatusCode` carries.
+
+    Our own enum so that the receiver workers, which serve gRPC themselves (receiver/h2.py), do
+    not import grpcio at all: it costs memory in every worker and is not fork-safe.
+    """
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
 @dataclass(frozen=True)
 class WireStatus:
-    grpc_code: grpc.StatusCode
+    grpc_code: GrpcCode
     http_status: int
     retry_hint: bool
 
 
 STATUS_TABLE: tuple[tuple[type[BaseException], WireStatus], ...] = (
-    (errors.InvalidArgument, WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, False)),
-    (errors.UnsupportedMediaType, WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 415, False)),
-    (errors.UnsupportedEncoding, WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 415, False)),
-    (errors.PayloadTooLarge, WireStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, False)),
-    (errors.NotFound, WireStatus(grpc.StatusCode.UNIMPLEMENTED, 404, False)),
-    (errors.MethodNotAllowed, WireStatus(grpc.StatusCode.UNIMPLEMENTED, 405, False)),
-    (errors.PermanentError, WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, False)),
-    (errors.QueueFull, WireStatus(grpc.StatusCode.UNAVAILABLE, 503, True)),
-    (errors.ShuttingDown, WireStatus(grpc.StatusCode.UNAVAILABLE, 503, True)),
-    (errors.MemoryLimited, WireStatus(grpc.StatusCode.UNAVAILABLE, 503, True)),
-    (errors.RetryableError, WireStatus(grpc.StatusCode.UNAVAILABLE, 503, True)),
+    (errors.InvalidArgument, WireStatus(GrpcCode.INVALID_ARGUMENT, 400, False)),
+    (errors.UnsupportedMediaType, WireStatus(GrpcCode.INVALID_ARGUMENT, 415, False)),
+    (errors.UnsupportedEncoding, WireStatus(GrpcCode.INVALID_ARGUMENT, 415, False)),
+    (errors.PayloadTooLarge, WireStatus(GrpcCode.RESOURCE_EXHAUSTED, 413, False)),
+    (errors.NotFound, WireStatus(GrpcCode.UNIMPLEMENTED, 404, False)),
+    (errors.MethodNotAllowed, WireStatus(GrpcCode.UNIMPLEMENTED, 405, False)),
+    (errors.PermanentError, WireStatus(GrpcCode.INVALID_ARGUMENT, 400, False)),
+    (errors.QueueFull, WireStatus(GrpcCode.UNAVAILABLE, 503, True)),
+    (errors.ShuttingDown, WireStatus(GrpcCode.UNAVAILABLE, 503, True)),
+    (errors.MemoryLimited, WireStatus(GrpcCode.UNAVAILABLE, 503, True)),
+    (errors.RetryableError, WireStatus(GrpcCode.UNAVAILABLE, 503, True)),
 )
 
 # Anything unexpected is still reported as retryable: the data was not accepted, and a bare 500
 # tells the client nothing. The exception is logged by the transport.
-INTERNAL = WireStatus(grpc.StatusCode.UNAVAILABLE, 503, True)
+INTERNAL = WireStatus(GrpcCode.UNAVAILABLE, 503, True)
 
 
 def status_for(error: BaseException) -> WireStatus:

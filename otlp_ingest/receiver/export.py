@@ -6,7 +6,7 @@
 `body` is the (already decompressed, size-checked) request body; `content_format` is "protobuf"
 or "json"; `transport` ("grpc" | "http") only labels metrics. Errors are raised as the types in
 `otlp_ingest.errors` (InvalidArgument, QueueFull, ShuttingDown); the transport maps them with
-`otlp_ingest.status`. This module imports neither grpc nor starlette.
+`otlp_ingest.status`. This module knows nothing of HTTP/1.1, HTTP/2 or gRPC.
 
 What lands in the ring is always the serialized protobuf `Export*ServiceRequest` holding only the
 valid items: the original bytes when every item is valid (no re-encode), else the re-serialized
@@ -14,12 +14,12 @@ subset that `validate` produced. A request with no valid items writes nothing.
 
 Durable mode (the queue is a `WalWriter`): `export` appends the record and returns a result whose
 `ticket` is not None. The record is not on disk yet: the transport must not answer before
-`wait_durable` (gRPC handler threads: blocks) or `await durable` (HTTP: an asyncio future, the
-event loop keeps serving) confirms it. While requests wait, the log's fsync thread covers all
-records appended so far with one fsync (group commit), so concurrent requests share it. Accepted
-counters and the ok/partial outcome are counted only then; a failed or timed-out fsync, a full or
-unwritable disk, or the disk bound (`queue_max_bytes`) is a retryable refusal (QueueFull /
-DiskFull: UNAVAILABLE + RetryInfo, 503 + Retry-After) and the worker keeps serving.
+`await durable` (an asyncio future: the event loop keeps serving) confirms it. While requests
+wait, the log's fsync thread covers all records appended so far with one fsync (group commit), so
+concurrent requests share it. Accepted counters and the ok/partial outcome are counted only then;
+a failed or timed-out fsync, a full or unwritable disk, or the disk bound (`queue_max_bytes`) is
+a retryable refusal (QueueFull / DiskFull: UNAVAILABLE + RetryInfo, 503 + Retry-After) and the
+worker keeps serving.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class _Pending:
 class ExportResult:
     """What the transport sends back: `response` is the serialized Export*ServiceResponse in the
     request's content format (protobuf bytes, or OTLP/JSON bytes such as `{}`). `ticket` is not
-    None in durable mode: answer only after `ExportService.wait_durable` / `durable`."""
+    None in durable mode: answer only after `ExportService.durable`."""
 
     response: bytes
     accepted: int
@@ -212,8 +212,8 @@ def outcome_for(error: BaseException) -> str:
 
 
 class ExportService:
-    """The transport-agnostic export path of one receiver worker. Thread-safe: gRPC handler
-    threads and the HTTP event loop call `export` concurrently; ring writes are serialized by a
+    """The transport-agnostic export path of one receiver worker. Thread-safe: the event loop and
+    the offload threads (big bodies) call `export` concurrently; ring writes are serialized by a
     lock because the ring has exactly one producer."""
 
     def __init__(
@@ -310,7 +310,7 @@ class ExportService:
                     response = response_json(signal, rejected, validated.error_message)
             else:
                 response = self._empty[(signal, content_format)]
-            if ticket is not None:  # counted when durable (wait_durable / durable)
+            if ticket is not None:  # counted when durable (see `durable`)
                 return ExportResult(response, accepted, rejected, ticket, _Pending(series, outcome, started))
             series.outcome(outcome)
             series.duration.observe(time.perf_counter() - started)
@@ -320,15 +320,9 @@ class ExportService:
             series.duration.observe(time.perf_counter() - started)
             raise
 
-    def wait_durable(self, result: ExportResult, timeout: float = DURABLE_WAIT_TIMEOUT) -> ExportResult:
-        """Durable mode, blocking (gRPC handler threads): return `result` once its record is on
-        disk; raise DiskFull (retryable) if the fsync failed or took longer than `timeout`."""
-        if result.ticket is None or self._log is None:
-            return result
-        return self._settle(result, self._log.wait_durable(result.ticket, timeout))
-
     async def durable(self, result: ExportResult, timeout: float = DURABLE_WAIT_TIMEOUT) -> ExportResult:
-        """Durable mode, for an event loop (HTTP): like `wait_durable`, without blocking the loop."""
+        """Durable mode: return `result` once its record is on disk, without blocking the event loop;
+        raise DiskFull (retryable) if the fsync failed or took longer than `timeout`."""
         if result.ticket is None or self._log is None:
             return result
         future = self._log.durable_future(result.ticket, asyncio.get_running_loop())

@@ -1,52 +1,42 @@
-"""OTLP/HTTP transport: a thin Starlette app for `POST /v1/traces|metrics|logs`.
+"""OTLP/HTTP: what a request to :4318 means, independent of how HTTP/1.1 is parsed (http1.py).
 
-Per request: check the content type (application/x-protobuf or application/json, parameters
-allowed; else 415) and `Content-Encoding` (gzip, deflate, identity; else 415), read the body with a
-running size cap (413 as soon as `Content-Length` or the bytes read pass `http_max_body_bytes`, so
-chunked bodies are capped too), decompress with the same cap (413), then call the shared
-`ExportService.export`. The response uses the request's content type. Errors are mapped with
-`otlp_ingest.status`: 400 carries a `google.rpc.Status` (protobuf or JSON like the request), 503
-carries `Retry-After`. An unexpected exception is logged and answered 503, never a bare 500.
+`OtlpHttpApp.start(method, path, headers)` is called once a request's headers are complete and
+returns an `Exchange`: either already refused (`exchange.refusal`, a complete response; the body
+is then discarded) or waiting for its body. The connection feeds body chunks to
+`Exchange.chunk` (which may refuse mid-body) and calls `Exchange.complete(done)` at the end of the
+message; `done(response)` is called once with the answer, inline for small bodies.
 
-Deadlines: uvicorn bounds neither the time to send headers nor the time to send a body (its
-`timeout_keep_alive` only covers idle connections *between* requests). The worker's protocol
-(`worker.DeadlineHttpToolsProtocol`) closes connections whose headers take longer than
-`http_read_timeout` and stamps the request start into the ASGI scope (`REQUEST_START_EXTENSION`);
-here the body must then be complete by that same deadline, else 503 + Retry-After +
-`Connection: close` (not 408: OTLP clients retry only 429/502/503/504, and a slow link or a stalled
-proxy is a transient failure, so the data must be resent, not dropped). So a chunked body that
-never ends, or one dribbled a byte at a time, holds a connection for at most `http_read_timeout`.
+Rules (design.md section 4): POST /v1/traces, /v1/metrics, /v1/logs; Content-Type
+application/x-protobuf or application/json (parameters allowed), else 415; unknown path 404,
+wrong method 405 (with `Allow: POST`); `Content-Encoding` gzip/deflate/identity, else 415; the
+body limit applies before and after decompression (413, connection closed: the rest of the body
+may still be on its way). The response uses the request's content type; errors carry a
+`google.rpc.Status` (protobuf or JSON like the request) and, when retryable, `Retry-After`.
+An unexpected exception is logged and answered 503, never a bare 500.
 
 Overload (docs/architecture.md, Memory): while the memory limiter refuses, a request is answered
 503 + Retry-After before its body is read (and the connection closed: the client resends anyway).
 Bodies held at once are bounded by a per-worker byte budget (`inflight.BodyBudget`, charged with
 the raw bytes as they arrive, then twice the decompressed size); a request that does not fit gets
-503 + Retry-After and a close. Decompression and `export` of bodies above OFFLOAD_BYTES run in a
-small thread pool, so one big body does not stall every other connection of the worker's event
-loop (small bodies stay inline: the executor hop would cost more than their work).
+503 + Retry-After and a close. Big bodies are decompressed and decoded off the event loop
+(`dispatch.ExportRunner`).
 
-TLS is the listener's business, not the app's: `server_ssl_context` builds the context the worker
-hands to uvicorn (see worker.py).
+Deadlines are the connection's (http1.py): when a body does not arrive within
+`http_read_timeout` of the request's first byte, the connection asks `Exchange.timeout()` for the
+answer: 503 + Retry-After and a close, not 408 (OTLP clients retry only 429/502/503/504, and a
+slow link or a stalled proxy is a transient failure, so the data must be resent, not dropped).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import ssl
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from dataclasses import dataclass
 
 from otlp_ingest import errors
 from otlp_ingest.config import Settings
 from otlp_ingest.otlp.signals import SIGNAL_BY_PATH, SIGNALS, Signal
+from otlp_ingest.receiver.dispatch import ExportRunner, should_offload
 from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ContentFormat, ExportResult, ExportService
 from otlp_ingest.receiver.inflight import BODY_FACTOR, BodyBudget, http_body_slots, memory_limits
 from otlp_ingest.receiver.limits import decompress, normalize_encoding
@@ -59,64 +49,70 @@ _unexpected_log = RateLimitedLogger(log)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-_MEDIA_TYPE = {"protobuf": PROTOBUF, "json": JSON}
-
-# ASGI scope["extensions"] key holding the loop time (time.monotonic) the request's first byte
-# arrived; set by the worker's protocol, absent when the app runs under another server.
-REQUEST_START_EXTENSION = "otlp_ingest.request_start"
-_UNAVAILABLE = 14  # google.rpc.Code.UNAVAILABLE: what the 503 of a body timeout carries
+_MEDIA_TYPE = {"protobuf": PROTOBUF.encode(), "json": JSON.encode()}
 # Retry-After of a body timeout: the client's link was slow or stalled, not the server busy.
 _TIMEOUT_RETRY_AFTER = 1
-
-# Bodies (raw, or compressed above OFFLOAD_COMPRESSED_BYTES: they may inflate up to the body limit)
-# whose decompress + decode + validate run off the event loop. Measured: a 22 MiB OTLP/JSON body
-# held the loop ~2 s; 256 KiB of protobuf takes ~1-2 ms, about the cost of the thread hop.
-OFFLOAD_BYTES = 256 * 1024
-OFFLOAD_COMPRESSED_BYTES = 32 * 1024
-# Two threads: big bodies hold the GIL anyway, more threads would only share it further; the
-# body budget bounds how many wait for them.
-OFFLOAD_THREADS = 2
 _BUSY_RETRY_AFTER = 1.0
+_PATHS = {path.encode(): signal for path, signal in SIGNAL_BY_PATH.items()}
+
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    415: b"Unsupported Media Type",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
 
 
-class BodyTimeout(errors.PermanentError):
-    """The body did not arrive within `http_read_timeout` of the request's start (HTTP 503 +
-    Retry-After: retryable for an OTLP client, which drops data on 408).
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An HTTP response without its Date/Connection headers (the connection adds those):
+    `head` is the status line and header lines, each ending in CRLF."""
 
-    HTTP-only (gRPC has its own deadlines), so it is answered here rather than in the status table.
-    """
-
-
-def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """The TLS context for the HTTP port from the settings' PEM files; None -> plaintext.
-
-    TLS 1.2 or newer; with settings.tls_client_ca_file a client certificate signed by that CA is
-    required (mTLS), as on the gRPC port. Read when called (worker start), so a rolling restart
-    picks up rotated files. Raises OSError (ssl.SSLError included) for unreadable or bad files.
-    """
-    if not settings.tls_cert_file or not settings.tls_key_file:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
-    if settings.tls_client_ca_file:
-        context.load_verify_locations(cafile=settings.tls_client_ca_file)
-        context.verify_mode = ssl.CERT_REQUIRED
-    context.set_alpn_protocols(["http/1.1"])  # what uvicorn's httptools protocol speaks
-    return context
+    head: bytes
+    body: bytes
+    close: bool = False  # the connection must be closed after it
 
 
-def content_format(content_type: str | None) -> ContentFormat:
+def response(
+    status: int, content_type: bytes, body: bytes, headers: tuple[bytes, ...] = (), close: bool = False
+) -> Response:
+    """A Response; `headers` are complete lines without CRLF (e.g. b"retry-after: 1")."""
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
+        status,
+        _REASONS.get(status, b"Unknown"),
+        content_type,
+        len(body),
+    )
+    if headers:
+        head += b"\r\n".join(headers) + b"\r\n"
+    return Response(head, body, close)
+
+
+def plain_response(status: int, message: bytes, headers: tuple[bytes, ...] = ()) -> Response:
+    """A text/plain answer for what is not an OTLP request (bad HTTP, header limits), closing."""
+    return response(status, b"text/plain; charset=utf-8", message, headers, close=True)
+
+
+def content_format(content_type: bytes | None) -> ContentFormat:
     """ "protobuf" or "json" for a Content-Type header (parameters ignored); else UnsupportedMediaType."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    if media == PROTOBUF:
+    media = (content_type or b"").split(b";", 1)[0].strip().lower()
+    if media == b"application/x-protobuf":
         return "protobuf"
-    if media == JSON:
+    if media == b"application/json":
         return "json"
-    raise errors.UnsupportedMediaType(f"unsupported Content-Type {content_type!r}; use {PROTOBUF} or {JSON}")
+    shown = (content_type or b"").decode("latin-1")
+    raise errors.UnsupportedMediaType(f"unsupported Content-Type {shown!r}; use {PROTOBUF} or {JSON}")
 
 
-def _reply_format(content_type: str | None) -> ContentFormat:
+def _reply_format(content_type: bytes | None) -> ContentFormat:
     """The format for an error body: protobuf only when the request was protobuf."""
     try:
         return content_format(content_type)
@@ -128,184 +124,177 @@ def error_response(exc: BaseException, fmt: ContentFormat, context: str = "") ->
     """The HTTP response for `exc`: status from the table, google.rpc.Status body, Retry-After."""
     wire = status_for(exc)
     message = client_message(exc, _unexpected_log, f"HTTP {context} (answered 503)")
-    headers: dict[str, str] = {}
+    headers: list[bytes] = []
     retry = None
     if wire.retry_hint:
         retry = retry_after_seconds(exc)
-        headers["Retry-After"] = str(retry)
-    if isinstance(exc, errors.PayloadTooLarge):
-        # The rest of the body may still be on its way: do not try to reuse this connection.
-        headers["Connection"] = "close"
+        headers.append(b"retry-after: %d" % retry)
     if isinstance(exc, errors.MethodNotAllowed):
-        headers["Allow"] = "POST"
-    code = wire.grpc_code.value[0]
+        headers.append(b"allow: POST")
+    code = int(wire.grpc_code)
     body = status_bytes(code, message, retry) if fmt == "protobuf" else status_json(code, message, retry)
-    return Response(body, wire.http_status, headers, _MEDIA_TYPE[fmt])
-
-
-def request_deadline(request: Request, read_timeout: float) -> float:
-    """time.monotonic() by which the whole body must have arrived."""
-    started = request.scope.get("extensions", {}).get(REQUEST_START_EXTENSION)
-    if not isinstance(started, float):
-        started = time.monotonic()
-    return started + read_timeout
-
-
-def timeout_response(exc: BodyTimeout, fmt: ContentFormat) -> Response:
-    """503 + Retry-After with a google.rpc.Status (UNAVAILABLE); the connection is closed after it
-    (the rest of the body may still be on its way). Not 408: OTLP clients never retry that."""
-    if fmt == "protobuf":
-        body = status_bytes(_UNAVAILABLE, exc.message)
-    else:
-        body = status_json(_UNAVAILABLE, exc.message)
-    headers = {"Connection": "close", "Retry-After": str(_TIMEOUT_RETRY_AFTER)}
-    return Response(body, 503, headers, _MEDIA_TYPE[fmt])
-
-
-async def read_body_by(
-    request: Request, limit: int, deadline: float, charge: Callable[[int], None] | None = None
-) -> bytes:
-    """`read_body`, refused with BodyTimeout once time.monotonic() passes `deadline`."""
-    remaining = deadline - time.monotonic()
-    try:
-        if remaining <= 0:
-            raise TimeoutError
-        async with asyncio.timeout(remaining):
-            return await read_body(request, limit, charge)
-    except TimeoutError:
-        raise BodyTimeout("request body not received within the read timeout; connection closed") from None
-
-
-async def read_body(request: Request, limit: int, charge: Callable[[int], None] | None = None) -> bytes:
-    """The raw (possibly compressed) body, refusing with PayloadTooLarge as soon as it passes
-    `limit` bytes: by Content-Length before reading, else while streaming (chunked bodies).
-    `charge(n)` is called for every chunk kept (it raises to refuse the request)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise errors.InvalidArgument(f"invalid Content-Length {declared!r}") from None
-        if size > limit:
-            raise errors.PayloadTooLarge(f"body of {size} bytes exceeds the limit of {limit}")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        if chunk:
-            total += len(chunk)
-            if total > limit:
-                raise errors.PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-            if charge is not None:
-                charge(len(chunk))
-            chunks.append(chunk)
-    if len(chunks) == 1:
-        return chunks[0]
-    return b"".join(chunks)
+    # Too large: the rest of the body may still be on its way; do not try to reuse the connection.
+    close = isinstance(exc, errors.PayloadTooLarge)
+    return response(wire.http_status, _MEDIA_TYPE[fmt], body, tuple(headers), close)
 
 
 class _BodiesInFlight(errors.QueueFull):
     """The worker's body budget is spent: 503 + Retry-After (retryable), the connection closed."""
 
 
-class _Held:
-    """The budget one request holds; released in full when the request ends."""
+class Exchange:
+    """One OTLP/HTTP request from its headers to its answer (see the module docstring)."""
 
-    __slots__ = ("budget", "bytes", "exported")
+    __slots__ = (
+        "_app",
+        "_charged",
+        "_chunks",
+        "_exported",
+        "_received",
+        "encoding",
+        "fmt",
+        "refusal",
+        "signal",
+    )
 
-    def __init__(self, budget: BodyBudget) -> None:
-        self.budget = budget
-        self.bytes = 0
-        self.exported = False
+    def __init__(self, app: OtlpHttpApp, signal: Signal, fmt: ContentFormat, encoding: str) -> None:
+        self._app = app
+        self.signal = signal
+        self.fmt = fmt
+        self.encoding = encoding
+        self.refusal: Response | None = None
+        self._chunks: list[bytes] = []
+        self._received = 0
+        self._charged = 0
+        self._exported = False  # from then on export() counts the outcome itself
 
-    def charge(self, n: int) -> None:
-        if not self.budget.try_charge(n):
-            raise _BodiesInFlight(
-                "too many request bodies in flight on this worker; retry later", retry_after=_BUSY_RETRY_AFTER
-            )
-        self.bytes += n
+    @classmethod
+    def refused(cls, app: OtlpHttpApp, answer: Response) -> Exchange:
+        exchange = cls(app, Signal.TRACES, "json", "identity")
+        exchange.refusal = answer
+        return exchange
+
+    def _refuse(self, exc: errors.OtlpError, close: bool = False) -> Response:
+        """Count a refusal made before export() and build its answer."""
+        app = self._app
+        if not self._exported:
+            app.service.record_failure(self.signal, "http", exc)
+        self.release()
+        answer = error_response(exc, self.fmt)
+        if close and not answer.close:
+            answer = Response(answer.head, answer.body, True)
+        self.refusal = answer
+        return answer
+
+    def chunk(self, data: bytes) -> Response | None:
+        """Keep one chunk of the body; a Response (closing) when the request is refused now."""
+        if self.refusal is not None:
+            return None
+        self._received += len(data)
+        limit = self._app.limit
+        if self._received > limit:
+            return self._refuse(errors.PayloadTooLarge(f"body exceeds the limit of {limit} bytes"))
+        if not self._app.budget.try_charge(len(data)):
+            return self._refuse(self._app.busy(), close=True)
+        self._charged += len(data)
+        self._chunks.append(data)
+        return None
 
     def release(self) -> None:
-        self.budget.release(self.bytes)
-        self.bytes = 0
+        """Give the bytes this request holds back to the budget."""
+        if self._charged:
+            self._app.budget.release(self._charged)
+            self._charged = 0
+        self._chunks = []
+
+    def timeout(self) -> Response:
+        """The answer when the body did not arrive in time (the connection then closes)."""
+        exc = errors.RetryableError(
+            "request body not received within the read timeout; connection closed",
+            retry_after=_TIMEOUT_RETRY_AFTER,
+        )
+        return self._refuse(exc, close=True)
+
+    def complete(self, done: Callable[[Response], None]) -> None:
+        """The body is complete: export it and call `done` with the answer (once)."""
+        if self.refusal is not None:
+            done(self.refusal)
+            return
+        chunks = self._chunks
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        app = self._app
+        signal, fmt, encoding = self.signal, self.fmt, self.encoding
+
+        def work() -> ExportResult:
+            body = raw if encoding == "identity" else decompress(encoding, raw, app.limit)
+            # the decompressed bytes and the decoded request
+            if not app.budget.try_charge(2 * len(body)):
+                raise app.busy()
+            self._charged += 2 * len(body)
+            self._exported = True
+            return app.service.export(signal, body, fmt, "http")
+
+        def answer(result: ExportResult | None, exc: BaseException | None) -> None:
+            if result is not None:
+                self.release()
+                done(response(200, _MEDIA_TYPE[fmt], result.response))
+            elif isinstance(exc, errors.OtlpError):
+                done(self._refuse(exc, close=isinstance(exc, _BodiesInFlight | errors.MemoryLimited)))
+            else:
+                self.release()
+                done(error_response(exc or RuntimeError("no result"), fmt, f"{SIGNALS[signal].name} export"))
+
+        app.runner.run(work, should_offload(len(raw), encoding != "identity"), answer)
 
 
-def build_http_app(service: ExportService, settings: Settings) -> Starlette:
-    """The Starlette app: three POST routes; 404/405 and any stray exception answered by the table."""
-    limit = settings.http_max_body_bytes
-    read_timeout = settings.http_read_timeout
-    slots = http_body_slots(settings, memory_limits(settings))
-    budget = BodyBudget(slots * BODY_FACTOR * limit)
-    offload = ThreadPoolExecutor(max_workers=OFFLOAD_THREADS, thread_name_prefix="http-offload")
-    log.debug(
-        "HTTP body budget %d bytes (%d bodies of %d bytes x %d)", budget.capacity, slots, limit, BODY_FACTOR
-    )
+class OtlpHttpApp:
+    """The OTLP/HTTP routes of one worker: three POST paths, the body limit and budget."""
 
-    def make_endpoint(signal: Signal):
-        def decode(held: _Held, encoding: str, raw: bytes, fmt: ContentFormat) -> ExportResult:
-            body = raw if encoding == "identity" else decompress(encoding, raw, limit)
-            held.charge(2 * len(body))  # the decompressed bytes and the decoded request
-            held.exported = True  # from here on export() counts the outcome itself
-            return service.export(signal, body, fmt, "http")
+    def __init__(self, service: ExportService, runner: ExportRunner, settings: Settings) -> None:
+        self.service = service
+        self.runner = runner
+        self.limit = settings.http_max_body_bytes
+        slots = http_body_slots(settings, memory_limits(settings))
+        self.budget = BodyBudget(slots * BODY_FACTOR * self.limit)
+        log.debug(
+            "HTTP body budget %d bytes (%d bodies of %d bytes x %d)",
+            self.budget.capacity,
+            slots,
+            self.limit,
+            BODY_FACTOR,
+        )
 
-        async def endpoint(request: Request) -> Response:
-            headers = request.headers
-            content_type = headers.get("content-type")
-            fmt: ContentFormat = "json"
-            held = _Held(budget)
-            try:
-                fmt = content_format(content_type)
-                encoding = normalize_encoding(headers.get("content-encoding"))
-                if service.memory_refusing():  # before reading: the body would only add to it
-                    raise errors.MemoryLimited(
-                        "memory limit reached: the server is overloaded, retry later",
-                        retry_after=MEMORY_RETRY_AFTER,
-                    )
-                raw = await read_body_by(request, limit, request_deadline(request, read_timeout), held.charge)
-                big = len(raw) > (OFFLOAD_BYTES if encoding == "identity" else OFFLOAD_COMPRESSED_BYTES)
-                if big:  # off the loop: other connections keep being served meanwhile
-                    result = await asyncio.get_running_loop().run_in_executor(
-                        offload, decode, held, encoding, raw, fmt
-                    )
-                else:
-                    result = decode(held, encoding, raw, fmt)
-                del raw
-                if result.ticket is not None:  # durable mode: answer once the record is fsynced
-                    result = await service.durable(result)
-            except BodyTimeout as exc:
-                service.record_failure(signal, "http", exc)
-                return timeout_response(exc, fmt)
-            except (_BodiesInFlight, errors.MemoryLimited) as exc:
-                if not held.exported:
-                    service.record_failure(signal, "http", exc)
-                response = error_response(exc, fmt)
-                response.headers["Connection"] = "close"  # the body may be unread: do not reuse
-                return response
-            except errors.OtlpError as exc:
-                if not held.exported:  # export() counts its own outcomes
-                    service.record_failure(signal, "http", exc)
-                return error_response(exc, fmt)
-            except Exception as exc:  # every failure becomes a status: never a bare 500
-                return error_response(exc, fmt, f"{SIGNALS[signal].name} export")
-            finally:
-                held.release()
-            return Response(result.response, 200, media_type=_MEDIA_TYPE[fmt])
+    @staticmethod
+    def busy() -> errors.QueueFull:
+        return _BodiesInFlight(
+            "too many request bodies in flight on this worker; retry later", retry_after=_BUSY_RETRY_AFTER
+        )
 
-        return endpoint
-
-    async def http_exception(request: Request, exc: Exception) -> Response:
-        fmt = _reply_format(request.headers.get("content-type"))
-        if isinstance(exc, HTTPException) and exc.status_code == 405:
-            return error_response(
-                errors.MethodNotAllowed(f"method {request.method} not allowed; use POST"), fmt
+    def start(self, method: bytes, path: bytes, headers: dict[bytes, bytes], length: int | None) -> Exchange:
+        """A request's headers are complete (`length`: its Content-Length, None when chunked)."""
+        content_type = headers.get(b"content-type")
+        signal = _PATHS.get(path)
+        if signal is None:
+            shown = path.decode("latin-1")
+            return Exchange.refused(
+                self, error_response(errors.NotFound(f"no such path {shown!r}"), _reply_format(content_type))
             )
-        if isinstance(exc, HTTPException) and exc.status_code == 404:
-            return error_response(errors.NotFound(f"no such path {request.url.path!r}"), fmt)
-        if isinstance(exc, HTTPException):
-            return Response(exc.detail, exc.status_code, exc.headers)
-        return error_response(exc, fmt, f"{request.method} {request.url.path}")
-
-    routes = [Route(path, make_endpoint(signal), methods=["POST"]) for path, signal in SIGNAL_BY_PATH.items()]
-    return Starlette(
-        routes=routes,
-        exception_handlers={HTTPException: http_exception, Exception: http_exception},
-    )
+        if method != b"POST":
+            exc = errors.MethodNotAllowed(f"method {method.decode('latin-1')} not allowed; use POST")
+            return Exchange.refused(self, error_response(exc, _reply_format(content_type)))
+        exchange = Exchange(self, signal, "json", "identity")
+        try:
+            exchange.fmt = content_format(content_type)
+            encoding = headers.get(b"content-encoding")
+            exchange.encoding = normalize_encoding(encoding.decode("latin-1") if encoding else None)
+            if self.service.memory_refusing():  # before reading: the body would only add to it
+                raise errors.MemoryLimited(
+                    "memory limit reached: the server is overloaded, retry later",
+                    retry_after=MEMORY_RETRY_AFTER,
+                )
+            if length is not None and length > self.limit:
+                raise errors.PayloadTooLarge(f"body of {length} bytes exceeds the limit of {self.limit}")
+        except errors.OtlpError as exc:
+            exchange._refuse(exc, close=isinstance(exc, errors.MemoryLimited))
+        return exchange

@@ -4,7 +4,7 @@ The memory limiter (`telemetry/memory.py`) refuses new requests once the tree is
 limit, but it samples every 0.2 s and cannot stop bodies already being read or decoded. These
 bounds make the in-flight part finite and small enough to fit the soft limit:
 
-- gRPC: at most `grpc_in_flight_limit()` Export calls admitted at once (`grpc_service.InFlightLimit`);
+- gRPC: at most `grpc_in_flight_limit()` Export calls admitted at once (`grpc_service.GrpcReceiver`);
   each holds at most `grpc_max_recv_bytes` x ~3 (message, decoded request, re-serialized subset).
 - HTTP: a byte budget (`BodyBudget`) charged with the bytes a request actually holds: the raw
   body as it is read (so a slow client holds only what it sent), then 2 x the decompressed size
@@ -28,6 +28,10 @@ from otlp_ingest.telemetry.memory import MemoryLimits, resolve_limits
 BODY_FACTOR = 3
 MIN_SLOTS = 4
 HTTP_SLOTS_UNLIMITED = 16  # no memory limit: still bounded, generously
+GRPC_CALLS_UNLIMITED = 16
+# Calls never hold a thread (the event loop serves them), so only memory bounds them; this cap
+# keeps a huge memory limit from admitting thousands of half-sent calls per worker.
+GRPC_CALLS_MAX = 256
 
 
 def _slots(settings: Settings, body_bytes: int, limits: MemoryLimits | None, default: int) -> int:
@@ -47,10 +51,10 @@ def http_body_slots(settings: Settings, limits: MemoryLimits | None) -> int:
     return _slots(settings, settings.http_max_body_bytes, limits, HTTP_SLOTS_UNLIMITED)
 
 
-def grpc_in_flight_limit(settings: Settings, limits: MemoryLimits | None, ceiling: int) -> int:
-    """Export calls one worker admits at once: memory-derived, at most `ceiling` (handler
-    threads minus the ones kept free for refusals), at least MIN_SLOTS."""
-    return min(ceiling, _slots(settings, settings.grpc_max_recv_bytes, limits, ceiling))
+def grpc_in_flight_limit(settings: Settings, limits: MemoryLimits | None) -> int:
+    """Export calls one worker admits at once: memory-derived, at least MIN_SLOTS, at most
+    GRPC_CALLS_MAX; GRPC_CALLS_UNLIMITED without a memory limit."""
+    return min(GRPC_CALLS_MAX, _slots(settings, settings.grpc_max_recv_bytes, limits, GRPC_CALLS_UNLIMITED))
 
 
 class BodyBudget:

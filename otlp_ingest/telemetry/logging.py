@@ -53,7 +53,7 @@ def configure_logging(level: str, role: str, index: int | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
     # Libraries that log per request would drown the one-line-per-event log.
-    for noisy in ("uvicorn.access", "grpc._server", "urllib3"):
+    for noisy in ("grpc._server", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -25,12 +25,15 @@ import pytest
 import requests
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
 from otlp_ingest.otlp.signals import SIGNALS, Signal
+from otlp_ingest.receiver.inflight import grpc_in_flight_limit
 from otlp_ingest.ring.layout import store_u64
-from otlp_ingest.telemetry.memory import OFF_STATE, REFUSE, MemoryLimiter, MemoryLimits
+from otlp_ingest.telemetry.memory import OFF_STATE, REFUSE, MemoryLimiter, MemoryLimits, resolve_limits
 from tests.conftest import wait_until
 from tests.integration.test_receiver import (
+    LIMIT,
     KiB,
     MiB,
     Worker,
@@ -43,7 +46,12 @@ from tests.integration.test_receiver import (
 )
 
 TRACES = SIGNALS[Signal.TRACES].grpc_method
-GRPC_LIMIT = 12  # GRPC_THREADS - GRPC_REFUSAL_THREADS: the ceiling, reached with a roomy memory limit
+# A memory limit that admits a handful of worst-case (LIMIT-sized) gRPC calls per worker.
+SMALL_MEMORY_MIB = 150
+GRPC_LIMIT = grpc_in_flight_limit(
+    Settings(memory_limit_mib=SMALL_MEMORY_MIB, grpc_max_recv_bytes=LIMIT),
+    resolve_limits(SMALL_MEMORY_MIB, 0),
+)
 
 
 @pytest.fixture
@@ -97,7 +105,8 @@ def test_stalled_grpc_body_does_not_block_other_calls(workers, tmp_path: Path) -
 
 
 def test_grpc_in_flight_limit_refuses_with_retry_info(workers, tmp_path: Path) -> None:
-    w = start(workers, tmp_path, memory_limit_mib=100_000)
+    assert 4 <= GRPC_LIMIT < 32
+    w = start(workers, tmp_path, memory_limit_mib=SMALL_MEMORY_MIB)
     with grpc.insecure_channel(w.grpc_target) as stalled_ch, grpc.insecure_channel(w.grpc_target) as ch:
         stalled = Stalled(stalled_ch, GRPC_LIMIT)
 

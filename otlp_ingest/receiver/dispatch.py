@@ -1,0 +1,84 @@
+"""How both transports run `ExportService.export` from the worker's event loop.
+
+    runner.run(work, offload, done)
+
+`work()` decompresses, decodes and queues one request (it calls `ExportService.export`) and
+returns its `ExportResult`; `done(result, error)` answers the client, on the event loop, exactly
+once. Small requests run `work` inline and `done` is called before `run` returns: no task, no
+thread hop, which is most of what a small request costs otherwise. Big bodies (`offload=True`)
+run `work` in a small thread pool so the loop keeps serving other connections meanwhile; in
+durable mode the answer waits for the record's fsync (`ExportService.durable`) without blocking
+the loop. Only those slow paths create a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from otlp_ingest.receiver.export import ExportResult, ExportService
+
+Done = Callable[[ExportResult | None, BaseException | None], None]
+
+# Two threads: big bodies hold the GIL anyway, more threads would only share it further; the
+# transports' in-flight bounds limit how many wait for them.
+OFFLOAD_THREADS = 2
+# Bodies (raw, or compressed above OFFLOAD_COMPRESSED_BYTES: they may inflate up to the body limit)
+# whose decompress + decode + validate run off the event loop. Measured: a 22 MiB OTLP/JSON body
+# held the loop ~2 s; 256 KiB of protobuf takes ~1-2 ms, about the cost of the thread hop.
+OFFLOAD_BYTES = 256 * 1024
+OFFLOAD_COMPRESSED_BYTES = 32 * 1024
+
+
+def should_offload(body_bytes: int, compressed: bool) -> bool:
+    """True when a body of this size is decoded off the event loop."""
+    return body_bytes > (OFFLOAD_COMPRESSED_BYTES if compressed else OFFLOAD_BYTES)
+
+
+class ExportRunner:
+    """Runs export work for one worker's event loop (see the module docstring)."""
+
+    def __init__(self, service: ExportService, loop: asyncio.AbstractEventLoop) -> None:
+        self.service = service
+        self.loop = loop
+        self._pool = ThreadPoolExecutor(max_workers=OFFLOAD_THREADS, thread_name_prefix="export-offload")
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
+
+    def run(self, work: Callable[[], ExportResult], offload: bool, done: Done) -> None:
+        if offload:
+            self._spawn(self._slow(work, None, done))
+            return
+        try:
+            result = work()
+        except Exception as exc:  # every failure becomes a status: the transport maps it
+            done(None, exc)
+            return
+        if result.ticket is None:
+            done(result, None)
+        else:
+            self._spawn(self._slow(work, result, done))
+
+    def _spawn(self, coro: object) -> None:
+        task = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _slow(self, work: Callable[[], ExportResult], result: ExportResult | None, done: Done) -> None:
+        try:
+            if result is None:
+                result = await self.loop.run_in_executor(self._pool, work)
+            if result.ticket is not None:  # durable mode: answer once the record is fsynced
+                result = await self.service.durable(result)
+        except Exception as exc:
+            done(None, exc)
+            return
+        done(result, None)
+
+    @property
+    def busy(self) -> int:
+        """Requests still on a slow path (offloaded or waiting for durability)."""
+        return len(self._tasks)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)

@@ -1,0 +1,351 @@
+"""HTTP/1.1 server connections on asyncio, parsed by httptools (llhttp), for OTLP/HTTP.
+
+Why not uvicorn + starlette: per request they cost ~90-105 us of CPU on this machine for a request
+that does nothing, against ~35 us for a protocol that calls httptools and writes bytes
+(docs/performance.md). What a request means lives in `http_app.py`; this module is HTTP only:
+
+- Keep-alive and pipelining: responses go out in request order (`_queue`); while a request waits
+  on a slow path (a big body decoded off the loop, a durable-mode fsync), reading pauses, so a
+  pipelining client cannot queue unbounded work.
+- `Expect: 100-continue` is answered when the request is accepted at its headers; a request
+  refused at its headers gets its final answer at once (and, when its body may follow, the
+  connection is closed after it).
+- Limits: request line plus headers at most MAX_HEADER_BYTES (431 and close; httptools buffers a
+  header value until it ends, so bytes are counted as they arrive); at most `max_connections`
+  connections per worker (more are closed at once).
+- Deadlines, checked by the worker's sweeper (`sweep(now)`, about every 0.25 s) instead of a timer
+  per request: a request's headers and body must arrive within `read_timeout` of its first byte;
+  headers late -> 503 + Retry-After and close (OTLP clients retry 503, never 408), body late ->
+  the app's answer (503 + Retry-After, a google.rpc.Status) and close; a connection that sent
+  nothing within `read_timeout` gets 408 (RFC 9110 15.5.9: closing an unused connection, what
+  Go's transport expects on an idle connection) and is closed; a kept-alive connection idle for
+  `keepalive_timeout` is closed quietly (uvicorn's default, 5 s).
+- Connection ageing (`max_age`, jittered per connection by the caller; `max_requests`): the first
+  response after the limit carries `Connection: close`, so long-lived clients reconnect and the
+  kernel (SO_REUSEPORT) or the Service spreads them again, e.g. onto pods a scale-up added.
+- Closing while a request body may still be arriving half-closes first (`write_eof`) and reads
+  and drops what still comes for up to `LINGER` seconds: closing a socket with unread data sends
+  a TCP reset, which can destroy the answer before the client reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httptools
+
+from otlp_ingest.receiver.http_app import Exchange, OtlpHttpApp, Response, plain_response
+from otlp_ingest.telemetry.logging import RateLimitedLogger
+
+log = logging.getLogger(__name__)
+_hostile_log = RateLimitedLogger(log)
+
+# Request line plus headers of one request. OTLP clients send well under 8 KiB; 64 KiB leaves room
+# for large auth tokens.
+MAX_HEADER_BYTES = 64 * 1024
+LINGER = 2.0
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CLOSE = b"connection: close\r\n"
+
+_HEADER_TIMEOUT = plain_response(503, b"request headers not received in time\n", (b"retry-after: 1",))
+_IDLE_TIMEOUT = plain_response(408, b"no request received in time\n")
+_HEADERS_TOO_LARGE = plain_response(431, b"request headers larger than 64 KiB\n")
+_BAD_REQUEST = plain_response(400, b"invalid HTTP request\n")
+_UPGRADE_REFUSED = plain_response(400, b"protocol upgrade not supported\n")
+
+_date_second = 0
+_date_line = b""
+
+
+def date_line() -> bytes:
+    """The `Date` header line (RFC 9110 6.6.1: origin servers with a clock send it), computed
+    once per second."""
+    global _date_second, _date_line
+    now = int(time.time())
+    if now != _date_second:
+        _date_second = now
+        _date_line = b"date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+    return _date_line
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    read_timeout: float = 30.0
+    keepalive_timeout: float = 5.0
+    max_connections: int = 4096
+    max_requests: int = 0  # per connection, 0 = unlimited
+
+
+class _Slot:
+    """A request awaiting its response, in the order requests arrived."""
+
+    __slots__ = ("exchange", "keep_alive", "response")
+
+    def __init__(self, exchange: Exchange, keep_alive: bool) -> None:
+        self.exchange = exchange
+        self.keep_alive = keep_alive
+        self.response: Response | None = exchange.refusal
+
+
+class HttpConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: OtlpHttpApp,
+        config: HttpConfig,
+        connections: set[HttpConnection],
+        clock: Callable[[], float],
+        max_age: float = 0.0,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.connections = connections
+        self.clock = clock
+        self.max_age = max_age
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.opened = 0.0
+        self.served = 0
+        self.closing = False
+        self._linger_until = 0.0
+        self._request_start = 0.0  # first byte of the request being received; 0: none
+        self._idle_since = 0.0  # last response written with nothing else in progress
+        self._in_headers = False
+        self._header_bytes = 0
+        self._url: list[bytes] = []
+        self._headers: dict[bytes, bytes] = {}
+        self._current: _Slot | None = None  # the request whose body is being received
+        self._queue: deque[_Slot] = deque()
+        self._paused = False
+        self._draining = False  # close once idle (worker shutdown)
+
+    # --- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.opened = self._idle_since = self.clock()
+        self.connections.add(self)
+        if len(self.connections) > self.config.max_connections:
+            _hostile_log.warning(
+                "connections",
+                "HTTP connection limit (%d) reached: closing new connections",
+                self.config.max_connections,
+            )
+            self.closing = True
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.connections.discard(self)
+        for slot in self._queue:
+            slot.exchange.release()
+        self._queue.clear()
+        self._current = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # lingering: drop what still arrives
+        if not self._request_start:
+            self._request_start = self.clock()
+            self._in_headers = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._answer_and_close(_UPGRADE_REFUSED)
+            return
+        except httptools.HttpParserError:
+            self._answer_and_close(_BAD_REQUEST)
+            return
+        if self._in_headers and not self.closing:
+            # Still inside a request's headers after this chunk: all of it was header bytes.
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                _hostile_log.warning(
+                    "header-size", "HTTP request headers over %d bytes: closing", MAX_HEADER_BYTES
+                )
+                self._answer_and_close(_HEADERS_TOO_LARGE)
+
+    # --- httptools callbacks -------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if not self._request_start:  # a pipelined request in the same chunk as the previous end
+            self._request_start = self.clock()
+        self._in_headers = True
+        self._header_bytes = 0
+        self._url = []
+        self._headers = {}
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        headers = self._headers
+        previous = headers.get(name)
+        headers[name] = value if previous is None else previous + b", " + value
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        if self.closing:
+            return
+        headers = self._headers
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        path = url.split(b"?", 1)[0]
+        length = headers.get(b"content-length")
+        exchange = self.app.start(
+            self.parser.get_method(), path, headers, int(length) if length is not None else None
+        )
+        slot = _Slot(exchange, self.parser.should_keep_alive())
+        self._current = slot
+        self._queue.append(slot)
+        expects = headers.get(b"expect", b"").lower() == b"100-continue"
+        if slot.response is not None:
+            if expects or (length is not None and length != b"0") or b"transfer-encoding" in headers:
+                # The body may follow (or, with Expect, may never come): answer, then close.
+                slot.response = Response(slot.response.head, slot.response.body, True)
+            self._write_ready()
+        elif expects and self._queue[0] is slot:
+            self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+
+    def on_body(self, body: bytes) -> None:
+        slot = self._current
+        if slot is None or slot.response is not None:
+            return  # refused already: the body is dropped
+        refusal = slot.exchange.chunk(body)
+        if refusal is not None:
+            slot.response = refusal
+            self._write_ready()
+
+    def on_message_complete(self) -> None:
+        slot = self._current
+        self._current = None
+        self._request_start = 0.0
+        if slot is None or self.closing:
+            return
+        if slot.response is not None:
+            if slot in self._queue:  # refused, its answer still waiting for earlier ones
+                return
+            self._idle()
+            return
+        slot.exchange.complete(lambda answer: self._answered(slot, answer))
+        if slot.response is None and not self._paused and not self.closing:
+            self._paused = True  # a slow path: read no further requests until it is answered
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    # --- responses ---------------------------------------------------------------------------------
+
+    def _answered(self, slot: _Slot, answer: Response) -> None:
+        slot.response = answer
+        if not self.closing:
+            self._write_ready()
+
+    def _write_ready(self) -> None:
+        queue = self._queue
+        while queue and queue[0].response is not None:
+            slot = queue.popleft()
+            answer = slot.response
+            assert answer is not None
+            self.served += 1
+            close = answer.close or not slot.keep_alive or self._draining or self._aged()
+            head = answer.head + date_line()
+            if close:
+                self.transport.write(head + _CLOSE + b"\r\n" + answer.body)  # type: ignore[union-attr]
+                self._close(lingering=self._current is not None or bool(queue))
+                return
+            self.transport.write(head + b"\r\n" + answer.body)  # type: ignore[union-attr]
+        if not queue:
+            if self._paused:
+                self._paused = False
+                self.transport.resume_reading()  # type: ignore[union-attr]
+            if self._current is None:
+                self._idle()
+
+    def _idle(self) -> None:
+        if self._queue or self._current is not None:
+            return
+        self._idle_since = self.clock()
+        if self._draining and not self._request_start:
+            self._close(lingering=False)
+
+    def _aged(self) -> bool:
+        config = self.config
+        if config.max_requests and self.served >= config.max_requests:
+            return True
+        return bool(self.max_age) and self.clock() - self.opened >= self.max_age
+
+    def _answer_and_close(self, answer: Response) -> None:
+        """An answer outside the request order (bad HTTP, header limits): only when nothing is
+        pending, else just close."""
+        if not self._queue and self.transport is not None and not self.closing:
+            self.transport.write(answer.head + date_line() + _CLOSE + b"\r\n" + answer.body)
+        self._close(lingering=True)
+
+    def _close(self, lingering: bool) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        for slot in self._queue:
+            slot.exchange.release()
+        self._queue.clear()
+        if self._current is not None:
+            self._current.exchange.release()
+            self._current = None
+        transport = self.transport
+        assert transport is not None
+        if lingering and transport.can_write_eof():
+            if self._paused:
+                transport.resume_reading()
+            transport.write_eof()
+            self._linger_until = self.clock() + LINGER
+        else:
+            transport.close()
+
+    # --- deadlines and shutdown -----------------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Deadlines (see the module docstring); called about every 0.25 s."""
+        if self.closing:
+            if self._linger_until and now >= self._linger_until:
+                self._linger_until = 0.0
+                self.transport.close()  # type: ignore[union-attr]
+            return
+        timeout = self.config.read_timeout
+        if self._request_start:
+            if now - self._request_start <= timeout:
+                return
+            slot = self._current
+            if slot is None:  # headers late
+                _hostile_log.warning(
+                    "header-timeout", "HTTP request headers not received within %.1fs: closing", timeout
+                )
+                self._answer_and_close(_HEADER_TIMEOUT)
+            elif slot.response is None:  # body late
+                _hostile_log.warning("body-timeout", "HTTP request body not received within %.1fs", timeout)
+                slot.response = slot.exchange.timeout()
+                self._write_ready()
+            else:  # refused, body still dribbling in
+                self._close(lingering=False)
+        elif self._queue:
+            return  # our answers are on their way
+        elif not self.served and now - self.opened > timeout:
+            self._answer_and_close(_IDLE_TIMEOUT)
+        elif self.served and now - self._idle_since > self.config.keepalive_timeout:
+            self._close(lingering=False)
+
+    def drain(self) -> None:
+        """Worker shutdown: finish what is in progress, close once idle (answers say close)."""
+        self._draining = True
+        if not self.closing and not self._queue and not self._request_start:
+            self._close(lingering=False)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closing = True
+            self.transport.close()
