@@ -127,5 +127,13 @@ class AdminServer:
 
 
 def status_page() -> bytes:
-    """The status page's HTML (a package file, so it ships in the wheel and the image)."""
-    return resources.files("otlp_ingest.supervisor").joinpath("status_page.html").read_bytes()
+    """The status page's HTML (a package file, so it ships in the wheel and the image). An
+    installation without it still serves the probes and /status.json: the page says what is wrong."""
+    try:
+        return resources.files("otlp_ingest.supervisor").joinpath("status_page.html").read_bytes()
+    except OSError as exc:
+        log.error("status page missing from the installation (%s): / serves a placeholder", exc)
+        return (
+            b"<!doctype html><title>otlp-ingest</title><p>The status page is missing from this "
+            b'installation; see <a href="status.json">status.json</a> or <code>otlp-ingest top</code>.</p>'
+        )

@@ -45,6 +45,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from otlp_ingest import __version__
 from otlp_ingest.otlp.signals import SIGNALS
 from otlp_ingest.supervisor.admin import readiness
+from otlp_ingest.supervisor.queues import pid_alive
 from otlp_ingest.telemetry import child_status
 from otlp_ingest.telemetry.collect import ProcessInfo, TreeSnapshot
 from otlp_ingest.telemetry.logging import RECENT_WARNINGS, WarningBuffer
@@ -245,7 +246,7 @@ class StatusSampler:
                 if doc is not None:
                     self._children[pid] = doc
                     self._mtimes[pid] = mtime
-            if pid not in live and not _alive(pid):
+            if pid not in live and not pid_alive(pid):
                 # Exited: its last write is read above; keep its warnings, drop the file.
                 doc = self._children.pop(pid, None)
                 self._mtimes.pop(pid, None)
@@ -273,16 +274,6 @@ class StatusSampler:
             body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
             self._cache = (now, body)
             return body
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- building the document ------------------------------------------------------------------
