@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m otlp_ingest serve
 
-## tools: Debian packages the deploy tests use (promtool, prometheus, shellcheck)
+## tools: Debian packages the tests use (promtool, prometheus, shellcheck, kubectl; chromium for the status page)
 tools:
 	bash scripts/install-test-tools.sh
 

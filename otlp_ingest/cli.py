@@ -6,6 +6,7 @@ Commands:
   version       print the version
   loadgen       built-in load generator (otlp_ingest.loadgen)
   capacity      size a deployment from measured throughput (otlp_ingest.capacity)
+  top           live status of a running server from its admin port (otlp_ingest.top)
   _child        internal: a worker or exporter started by the supervisor
 
 Settings come from flags > environment (OTLP_*) > --config FILE (YAML or TOML) > defaults. A bad
@@ -96,6 +97,7 @@ commands:
   version       print the version
   loadgen       send OTLP load to a server
   capacity      size a deployment (pods) from measured throughput
+  top           live status of a running server in the terminal (--admin host:port, --once)
 
 `otlp-ingest <command> --help` for a command's options."""
 
@@ -117,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _delegate("otlp_ingest.loadgen", rest)
     if command == "capacity":
         return _delegate("otlp_ingest.capacity", rest)
+    if command == "top":
+        return _delegate("otlp_ingest.top", rest)
     if command == "_child":
         from otlp_ingest.supervisor.child_main import child_main
 

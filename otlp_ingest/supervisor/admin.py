@@ -1,4 +1,4 @@
-"""Admin HTTP endpoint in the supervisor: /health, /ready, /metrics and a status page at /.
+"""Admin HTTP endpoint in the supervisor: /health, /ready, /metrics, /status.json and the page at /.
 
 A `ThreadingHTTPServer` on a thread of the supervisor (safe: the supervisor never forks bare).
 It only reads: the supervisor publishes an immutable `TreeSnapshot` after each change and the
@@ -8,21 +8,24 @@ handlers read whichever snapshot is current.
 - `/ready`   200 "ready" when every worker and exporter reported ready and we are not draining;
              else 503 with the reason (load balancers and the Kubernetes readiness probe).
 - `/metrics` Prometheus text: every process's counters summed, plus tree-wide gauges.
-- `/`        a small HTML status page.
+- `/status.json`  the live status document (supervisor/status.py; fields in docs/operations.md).
+- `/`        the status page: one static HTML file with its script inline (status_page.html, no
+             build step, nothing from elsewhere) that polls `status.json` every second while the
+             tab is visible. Served from memory: read once when the server starts.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from otlp_ingest import __version__
-from otlp_ingest.telemetry.collect import TreeSnapshot, exporter_queue_usage, render_metrics
+from otlp_ingest.telemetry.collect import TreeSnapshot, render_metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +43,21 @@ def readiness(snapshot: TreeSnapshot) -> tuple[bool, str]:
 
 
 class AdminServer:
-    """Owns the HTTP server and its thread. `snapshot` returns the current TreeSnapshot."""
+    """Owns the HTTP server and its thread. `snapshot` returns the current TreeSnapshot;
+    `status_json` the body of /status.json (None: the endpoint answers 503)."""
 
     def __init__(
-        self, bind: str, port: int, multiproc_dir: str, snapshot: Callable[[], TreeSnapshot]
+        self,
+        bind: str,
+        port: int,
+        multiproc_dir: str,
+        snapshot: Callable[[], TreeSnapshot],
+        status_json: Callable[[], bytes] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._multiproc_dir = multiproc_dir
+        self._status_json = status_json
+        self._page = status_page()
         handler = self._make_handler()
         # Raises OSError (e.g. EADDRINUSE) here, before any child starts.
         self._server = ThreadingHTTPServer((bind, port), handler)
@@ -81,18 +92,31 @@ class AdminServer:
                     elif path == "/metrics":
                         body = render_metrics(admin._multiproc_dir, admin._snapshot)
                         self._send(200, body, CONTENT_TYPE_LATEST)
-                    elif path == "/":
-                        self._send(200, status_page(admin._snapshot()), "text/html; charset=utf-8")
+                    elif path in ("/", "/index.html"):
+                        self._send(200, admin._page, "text/html; charset=utf-8", cache=False)
+                    elif path == "/status.json":
+                        if admin._status_json is None:
+                            self._send(503, b"status not available yet\n")
+                        else:
+                            self._send(200, admin._status_json(), "application/json", cache=False)
                     else:
                         self._send(404, b"not found\n")
                 except Exception:
                     log.exception("admin %s failed", path)
                     self._send(500, b"internal error\n")
 
-            def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"):
+            def _send(
+                self,
+                status: int,
+                body: bytes,
+                content_type: str = "text/plain; charset=utf-8",
+                cache: bool = True,
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                if not cache:  # live data: a proxy or the browser must not serve an old copy
+                    self.send_header("Cache-Control", "no-store")
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -102,28 +126,14 @@ class AdminServer:
         return Handler
 
 
-def status_page(snapshot: TreeSnapshot) -> bytes:
-    _, reason = readiness(snapshot)
-    queues = exporter_queue_usage(snapshot)
-    rows = []
-    for p in snapshot.processes:
-        queue = ""
-        if p.role == "exporter" and p.index in queues:
-            q = queues[p.index]
-            queue = f"{q.records}/{q.max_records} records, {q.used_bytes}/{q.capacity_bytes} bytes"
-        rows.append(
-            f"<tr><td>{p.role}[{p.index}]</td><td>{p.pid or '-'}</td><td>{'up' if p.up else 'down'}</td>"
-            f"<td>{'yes' if p.ready else 'no'}</td><td>{html.escape(queue)}</td></tr>"
+def status_page() -> bytes:
+    """The status page's HTML (a package file, so it ships in the wheel and the image). An
+    installation without it still serves the probes and /status.json: the page says what is wrong."""
+    try:
+        return resources.files("otlp_ingest.supervisor").joinpath("status_page.html").read_bytes()
+    except OSError as exc:
+        log.error("status page missing from the installation (%s): / serves a placeholder", exc)
+        return (
+            b"<!doctype html><title>otlp-ingest</title><p>The status page is missing from this "
+            b'installation; see <a href="status.json">status.json</a> or <code>otlp-ingest top</code>.</p>'
         )
-    restarts = ", ".join(f"{k}: {v}" for k, v in sorted(snapshot.restarts.items())) or "none"
-    page = (
-        "<!doctype html><html><head><title>otlp-ingest</title></head><body>"
-        f"<h1>otlp-ingest {html.escape(__version__)}</h1>"
-        f"<p>supervisor pid {snapshot.supervisor_pid}; {html.escape(reason)}"
-        f"; restarts: {html.escape(restarts)}</p>"
-        "<table border=1 cellpadding=4><tr><th>process</th><th>pid</th><th>state</th><th>ready</th>"
-        "<th>queue</th></tr>" + "".join(rows) + "</table>"
-        '<p><a href="/metrics">/metrics</a> <a href="/health">/health</a> <a href="/ready">/ready</a></p>'
-        "</body></html>"
-    )
-    return page.encode()

@@ -10,6 +10,8 @@ Children are started with fork+exec (`subprocess.Popen([sys.executable, "-m", "o
   PID 1, as in a container),
 - `OTLP_INGEST_DEADLINE_FILE`: where the supervisor writes its shutdown deadline
   (otlp_ingest.shutdown_deadline), so an exporter stops cleanly before the supervisor's kill,
+- `OTLP_INGEST_STATUS_DIR`: the run directory where it writes `status-<pid>.json` for the status
+  page (otlp_ingest.telemetry.child_status),
 - on the command line its role, index, queue spec(s) (`--queue shm:NAME` or `--queue wal:DIR`,
   see otlp_ingest.queue) and `--ready-fd N`: the write end of a pipe
   on which it writes one line `ready\\n` once it serves. EOF on the pipe before that line means
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 
 from otlp_ingest.config import Settings, settings_to_json
 from otlp_ingest.shutdown_deadline import DEADLINE_ENV, deadline_path
+from otlp_ingest.telemetry.child_status import STATUS_DIR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,9 @@ class ChildSlot:
     restart_at: float | None = None  # monotonic time of a scheduled (re)start
     backoff: float = BACKOFF_INITIAL
     boot_failures: int = 0  # deaths before becoming ready, in a row
+    restarts: int = 0  # restarts after an unexpected exit (not reloads), for the status page
+    last_exit: str = ""  # "exit code 1" / "signal SIGKILL" of the previous process, "" if none
+    last_exit_at: float = 0.0  # wall clock of that exit
     stopping: bool = False  # we sent SIGTERM (shutdown or rolling restart)
     rolling: bool = False  # restart immediately after it exits (SIGHUP reload)
     _buffer: bytes = field(default=b"", repr=False)
@@ -84,6 +90,7 @@ class ChildSlot:
         env[SUPERVISOR_PID_ENV] = str(os.getpid())
         env["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
         env[DEADLINE_ENV] = deadline_path(multiproc_dir)
+        env[STATUS_DIR_ENV] = multiproc_dir
         try:
             # Own process group: a Ctrl-C or `kill -- -pgid` aimed at the supervisor must not reach
             # the children directly, or exporters would drain while workers still accept data.

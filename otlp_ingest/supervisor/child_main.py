@@ -1,7 +1,9 @@
 """Entry point of a child process: `python -m otlp_ingest _child worker|exporter ...`.
 
 Runs in a fresh interpreter (fork+exec). Reads its Settings from `OTLP_INGEST_SETTINGS_JSON`,
-configures logging, asks the kernel to SIGTERM it if the supervisor dies, and hands over to
+configures logging, starts its status file writer (telemetry.child_status: recent warnings and,
+for an exporter, its sending state, for the admin status page), asks the kernel to SIGTERM it if
+the supervisor dies, and hands over to
 `run_worker` or `run_exporter` (imported only here, so the supervisor never loads grpc servers).
 A child that cannot boot (bad environment, missing module, port in use) exits with
 `ExitCode.CHILD_BOOT`, which makes the supervisor halt instead of restarting it in a loop.
@@ -19,6 +21,7 @@ import sys
 from otlp_ingest.config import settings_from_json
 from otlp_ingest.errors import ExitCode
 from otlp_ingest.supervisor.child import SETTINGS_ENV, SUPERVISOR_PID_ENV
+from otlp_ingest.telemetry.child_status import start_child_status, stop_child_status
 from otlp_ingest.telemetry.logging import configure_logging
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,8 @@ def child_main(argv: list[str]) -> int:
         return ExitCode.CHILD_BOOT
     configure_logging(settings.log_level, args.role, args.index)
     notify_ready = _ready_notifier(args.ready_fd)
+    # Here, not in run_worker/run_exporter: every child gets it, the receiver needs no code for it.
+    start_child_status(args.role, args.index)
     try:
         if args.role == "worker":
             if len(queues) != 1:
@@ -101,6 +106,8 @@ def child_main(argv: list[str]) -> int:
     except Exception:
         log.exception("%s[%d] crashed", args.role, args.index)
         return ExitCode.FAILURE
+    finally:
+        stop_child_status()  # the final write carries the last warnings (a crash's too)
 
 
 if __name__ == "__main__":  # pragma: no cover

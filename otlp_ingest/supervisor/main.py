@@ -46,6 +46,7 @@ from otlp_ingest.shutdown_deadline import deadline_path, write_deadline
 from otlp_ingest.supervisor import queues
 from otlp_ingest.supervisor.admin import AdminServer
 from otlp_ingest.supervisor.child import ChildSlot
+from otlp_ingest.supervisor.status import StatusSampler
 from otlp_ingest.telemetry.collect import ProcessInfo, TreeSnapshot
 from otlp_ingest.telemetry.logging import configure_logging
 from otlp_ingest.telemetry.memory import MemoryLimiter, resolve_limits
@@ -90,6 +91,7 @@ class Supervisor:
         self._queue_lock_fd = -1
         self._next_adopted_check = 0.0
         self.admin: AdminServer | None = None
+        self.status: StatusSampler | None = None
         self._selector = selectors.DefaultSelector()
         self._signals: collections.deque[int] = collections.deque()
         self._wake_r = self._wake_w = -1
@@ -99,7 +101,8 @@ class Supervisor:
         self._exit_code = ExitCode.OK
         self._roll_queue: list[ChildSlot] = []
         self._rolling: ChildSlot | None = None
-        self._snapshot = TreeSnapshot(supervisor_pid=self.pid)
+        self._started = time.monotonic()
+        self._snapshot = TreeSnapshot(supervisor_pid=self.pid, started=self._started, settings=settings)
         self.memory: MemoryLimiter | None = None
 
     # --- public -------------------------------------------------------------------------------
@@ -161,9 +164,15 @@ class Supervisor:
             rings=lambda: [*self.ring_names, *self.adopted],
         )
         self.memory.start()
+        # Samples counters, CPU and the children's status files once a second (the status page).
+        self.status = StatusSampler(self.multiproc_dir, self.snapshot)
         try:
             self.admin = AdminServer(
-                self.settings.bind, self.settings.admin_port, self.multiproc_dir, self.snapshot
+                self.settings.bind,
+                self.settings.admin_port,
+                self.multiproc_dir,
+                self.snapshot,
+                self.status.status_json,
             )
         except OSError as exc:
             log.error(
@@ -174,6 +183,7 @@ class Supervisor:
             )
             return ExitCode.CHILD_BOOT
         self.admin.start()
+        self.status.start()
         self.exporters = [
             ChildSlot("exporter", j, [str(q) for k, q in enumerate(specs) if k % exporters == j])
             for j in range(exporters)
@@ -367,6 +377,7 @@ class Supervisor:
             self._close_pipe(slot)
         multiprocess.mark_process_dead(pid, self.multiproc_dir)
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        slot.last_exit, slot.last_exit_at = how, time.time()
         became_ready = slot.ready
         slot.ready = False
         if self._shutdown_phase is not None:
@@ -417,6 +428,7 @@ class Supervisor:
                 if slot.role == "worker" and not self._workers_started:
                     continue
                 self.restarts[slot.role] += 1
+                slot.restarts += 1
                 log.info("%s restarted (restart #%d of %ss)", slot.name, self.restarts[slot.role], slot.role)
                 self._start(slot)
 
@@ -504,6 +516,8 @@ class Supervisor:
                 slot.close_ready_pipe()
         if self.admin is not None:
             self.admin.stop()
+        if self.status is not None:
+            self.status.stop()
         if self.memory is not None:
             self.memory.close()
         if self.ring_names or self.adopted:
@@ -598,7 +612,18 @@ class Supervisor:
 
     def _publish(self) -> None:
         processes = tuple(
-            ProcessInfo(s.role, s.index, s.pid if s.alive else None, s.alive and s.ready, s.ready)
+            ProcessInfo(
+                s.role,
+                s.index,
+                s.pid if s.alive else None,
+                s.alive and s.ready,
+                s.ready,
+                started=s.started_at if s.alive else 0.0,
+                restarts=s.restarts,
+                last_exit=s.last_exit,
+                last_exit_at=s.last_exit_at,
+                queues=tuple(s.rings),
+            )
             for s in self._slots()
         )
         self._snapshot = TreeSnapshot(
@@ -610,6 +635,8 @@ class Supervisor:
             wal_records_hint=self.settings.queue_size // max(1, len(self.workers)),
             draining=self._shutdown_phase is not None,
             memory_flag=self.memory.name if self.memory is not None else "",
+            started=self._started,
+            settings=self.settings,
         )
 
 

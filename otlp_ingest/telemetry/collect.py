@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, generate_latest
@@ -47,6 +48,11 @@ class ProcessInfo:
     pid: int | None  # None while the slot waits for a (re)start
     up: bool  # running and reported ready
     ready: bool = False
+    started: float = 0.0  # time.monotonic() of the current process's start (0: none)
+    restarts: int = 0  # restarts of this slot after unexpected exits
+    last_exit: str = ""  # how the previous process of this slot ended ("" if none did)
+    last_exit_at: float = 0.0  # wall clock of that exit
+    queues: tuple[str, ...] = ()  # queue specs: the one a worker writes, the ones an exporter reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,8 @@ class TreeSnapshot:
     wal_records_hint: int = 0  # durable mode: record capacity reported for an empty log
     draining: bool = False
     memory_flag: str = ""  # the memory limiter's shared file (telemetry.memory), "" before boot
+    started: float = 0.0  # time.monotonic() when the supervisor started
+    settings: Any = None  # the Settings in force (replaced on reload), for the status page
 
 
 @dataclass(frozen=True, slots=True)

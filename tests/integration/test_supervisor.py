@@ -5,6 +5,7 @@ Uses `ServerProcess` (tests/conftest.py): free ephemeral ports, a per-test data 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -65,8 +66,11 @@ def test_health_ready_metrics_and_status_page(server):
         10,
         what="accepted span counted",
     )
-    status, page = http_get(server.admin_url + "/")
-    assert status == 200 and b"worker[1]" in page and b"exporter[0]" in page
+    status, page = http_get(server.admin_url + "/")  # rendered by its script: test_status_page.py
+    assert status == 200 and page.startswith(b"<!doctype html>") and b'fetch("status.json"' in page
+    status, body = http_get(server.admin_url + "/status.json")
+    names = {p["name"]: p for p in json.loads(body)["processes"]}
+    assert status == 200 and names["worker[1]"]["state"] == "ready" and names["exporter[0]"]["pid"]
     assert http_get(server.admin_url + "/nope")[0] == 404
 
 
