@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zlib
 
 from otlp_ingest.ring import layout
 from otlp_ingest.ring.layout import Record, RingCorrupt
@@ -16,6 +15,8 @@ _META_START = layout.META_OFFSET
 _OFF_HEAD = layout.OFF_HEAD
 _OFF_TAIL = layout.OFF_TAIL
 _OFF_TAIL_SEQ = layout.OFF_TAIL_SEQ
+_KNOWN_FLAGS = layout.KNOWN_FLAGS
+_crc = layout.record_crc
 
 
 class RingReader:
@@ -79,7 +80,9 @@ class RingReader:
         off = _DATA + hdr.start % self.capacity
         payload = mm[off + _HDR_SIZE : off + _HDR_SIZE + hdr.payload_len]
         # The crc covers the meta fields and the payload copy we hand out.
-        if zlib.crc32(payload, zlib.crc32(mm[off + _META_START : off + _HDR_SIZE])) != hdr.crc:
+        if hdr.flags & ~_KNOWN_FLAGS:
+            raise RingCorrupt(f"ring {self.name}: unknown flags {hdr.flags:#x} in record seq {hdr.seq}")
+        if _crc(hdr.flags, mm[off + _META_START : off + _HDR_SIZE], payload) != hdr.crc:
             raise RingCorrupt(f"ring {self.name}: checksum mismatch in record seq {hdr.seq} at {hdr.start}")
         self._cursor = hdr.end
         self._next_seq = hdr.seq + 1

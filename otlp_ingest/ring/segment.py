@@ -25,16 +25,19 @@ class RingNotEmpty(Exception):
     lose them (they may have been acknowledged to clients). Adopt it under another name instead."""
 
 
-def create_ring(name: str, capacity_bytes: int, max_records: int) -> None:
+def create_ring(
+    name: str, capacity_bytes: int, max_records: int, working_set: int = layout.WORKING_SET
+) -> None:
     """Create (or replace) segment ``name`` with a data area of ``capacity_bytes`` (rounded down
-    to a multiple of 8) holding at most ``max_records`` records. An existing segment of that name
-    is replaced only if it is empty or not a readable ring; one holding records raises
-    ``RingNotEmpty``.
+    to a multiple of 8) holding at most ``max_records`` records, the writer keeping to the first
+    ``working_set`` bytes while the reader keeps up (layout: "Working set"). An existing segment
+    of that name is replaced only if it is empty or not a readable ring; one holding records
+    raises ``RingNotEmpty``.
 
     The file is built under a temporary name and renamed into place, so an attacher sees either
-    the old segment or a complete new one. Its pages are reserved with ``posix_fallocate``: a
-    tmpfs that is too small (Docker's default /dev/shm is 64 MiB) fails here, loudly, instead of
-    killing a worker with SIGBUS when the ring first fills up.
+    the old segment or a complete new one. The working set's pages are reserved with
+    ``posix_fallocate``: a tmpfs that is too small (Docker's default /dev/shm is 64 MiB) fails
+    here, loudly; pages beyond it are reserved by the writer when a backlog first needs them.
     """
     capacity = capacity_bytes & ~(layout.ALIGN - 1)
     if capacity < layout.MIN_CAPACITY:
@@ -42,6 +45,9 @@ def create_ring(name: str, capacity_bytes: int, max_records: int) -> None:
     if max_records < 1:
         raise ValueError(f"ring max_records {max_records} must be at least 1")
     size = layout.HEADER_SIZE + capacity
+    working_set = (
+        capacity if working_set <= 0 or working_set >= capacity else working_set & ~(layout.ALIGN - 1)
+    )
     try:
         records = ring_usage(name).records
     except (FileNotFoundError, RingCorrupt):
@@ -52,7 +58,7 @@ def create_ring(name: str, capacity_bytes: int, max_records: int) -> None:
     def fill(fd: int) -> None:
         os.ftruncate(fd, size)
         if hasattr(os, "posix_fallocate"):
-            os.posix_fallocate(fd, 0, size)
+            os.posix_fallocate(fd, 0, min(size, layout.HEADER_SIZE + working_set + layout.PAGE))
         header = layout.STATIC_HEADER.pack(
             layout.MAGIC,
             layout.LAYOUT_VERSION,
@@ -63,7 +69,7 @@ def create_ring(name: str, capacity_bytes: int, max_records: int) -> None:
             time.time_ns(),
         )
         # The rest of the header (counters, pids) is already zero from ftruncate.
-        os.pwrite(fd, header, 0)
+        os.pwrite(fd, header + working_set.to_bytes(8, "little"), 0)
 
     create_complete(layout.segment_path(name), fill)
 
@@ -143,6 +149,7 @@ class StaticHeader:
     capacity: int
     max_records: int
     owner_pid: int
+    working_set: int  # the whole data area for rings created before the field existed (0)
 
 
 def parse_static_header(header: bytes, file_size: int, name: str) -> StaticHeader:
@@ -162,7 +169,10 @@ def parse_static_header(header: bytes, file_size: int, name: str) -> StaticHeade
         raise RingCorrupt(f"ring {name}: capacity {capacity} does not match file size {file_size}")
     if max_records < 1:
         raise RingCorrupt(f"ring {name}: max_records {max_records}")
-    return StaticHeader(capacity, max_records, owner_pid)
+    working_set = int.from_bytes(header[layout.OFF_WORKING_SET : layout.OFF_WORKING_SET + 8], "little")
+    if not 0 < working_set <= capacity:
+        working_set = capacity
+    return StaticHeader(capacity, max_records, owner_pid, working_set)
 
 
 def map_segment(name: str) -> tuple[mmap.mmap, StaticHeader]:

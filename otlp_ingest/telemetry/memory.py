@@ -15,11 +15,12 @@ the trim a burst can leave the tree above the resume level for good. Above the h
 stop even decoding refused requests to count their items.
 
 What is counted (`tree_usage`): the anonymous resident memory of the supervisor and every live
-child (psutil `rss - shared`: private heap, stacks, grpc and upb buffers) plus the tmpfs bytes of
-the shared-memory rings, once (`st_blocks` of each ring file: they are preallocated, so this is
-their full size from the start). Plain RSS summed over processes would count each ring page twice
-(writer and reader both map it) and grow as pages are touched although nothing new is allocated;
-that is not what the cgroup charges. Shared library code (file-backed, reclaimable) is not counted.
+child (psutil `rss - shared`: private heap, stacks, grpc and upb buffers) plus the tmpfs bytes
+of the shared-memory rings, once (`st_blocks` of each ring file: the pages actually reserved,
+the working set from the start and more while a backlog uses the rest; ring/layout.py). Plain
+RSS summed over processes would count each ring page twice (writer and reader both map it) and
+grow as pages are touched although nothing new is allocated; that is not what the cgroup
+charges. Shared library code (file-backed, reclaimable) is not counted.
 
 One writer, many readers: the supervisor's `MemoryLimiter` thread samples every `INTERVAL` seconds
 and publishes the state in a tiny shared-memory file; workers attach it with `MemoryGate` and read

@@ -45,9 +45,9 @@ def ring():
     """A factory for fresh rings, all unlinked after the test."""
     names: list[str] = []
 
-    def make(capacity: int = 4096, max_records: int = 1000) -> str:
+    def make(capacity: int = 4096, max_records: int = 1000, working_set: int = layout.WORKING_SET) -> str:
         name = _unique_name()
-        create_ring(name, capacity, max_records)
+        create_ring(name, capacity, max_records, working_set)
         names.append(name)
         return name
 
@@ -591,3 +591,91 @@ def test_shared_counters_are_never_seen_torn(tmp_path):
         writer.wait()
     assert writer.returncode == 0 and reads > 0
     mm.close()
+
+
+# --- working set (layout: "Working set") --------------------------------------------------------
+
+PAGE = layout.PAGE
+
+
+def _allocated(name: str) -> int:
+    return os.stat(layout.segment_path(name)).st_blocks * 512
+
+
+def test_a_reader_that_keeps_up_keeps_the_writer_in_the_working_set(ring) -> None:
+    name = ring(capacity=64 * PAGE, max_records=100_000, working_set=8 * PAGE)
+    assert _allocated(name) <= layout.HEADER_SIZE + 10 * PAGE  # only the working set is reserved
+    payload = os.urandom(1000)
+    with RingWriter.attach(name) as writer, RingReader.attach(name) as reader:
+        for i in range(2000):  # ~30 laps of the working set
+            assert writer.try_write(1, i, payload)
+            record = reader.read()
+            assert record is not None and record.item_count == i and record.payload == payload
+            reader.commit(record)
+            assert record.end % reader.capacity <= 8 * PAGE + layout.record_size(1000)
+    assert _allocated(name) <= layout.HEADER_SIZE + 10 * PAGE
+
+
+def test_a_backlog_uses_the_whole_ring_and_gives_the_pages_back(ring) -> None:
+    name = ring(capacity=64 * PAGE, max_records=100_000, working_set=8 * PAGE)
+    payloads = [os.urandom(1000 + i) for i in range(200)]
+    with RingWriter.attach(name) as writer, RingReader.attach(name) as reader:
+        written = []
+        for i, p in enumerate(payloads):  # the reader does not read: a backlog builds
+            if not writer.try_write(2, i, p):
+                break
+            written.append(p)
+        assert len(written) > 100  # far beyond the 8-page working set
+        assert _allocated(name) > 40 * PAGE
+        got = []
+        while (record := reader.read()) is not None:
+            got.append(record.payload)
+            reader.commit(record)
+        assert got == written  # every byte intact, in order
+        for i in range(300):  # the ring goes on working normally, back in the working set
+            assert writer.try_write(1, i, payloads[i % 200])
+            record = reader.read()
+            assert record is not None and record.payload == payloads[i % 200]
+            reader.commit(record)
+        # The writer's first return to the working set gave the backlog's pages back.
+        assert _allocated(name) <= layout.HEADER_SIZE + 12 * PAGE
+
+
+def test_a_full_tmpfs_beyond_the_working_set_refuses_instead_of_crashing(ring, monkeypatch) -> None:
+    name = ring(capacity=64 * PAGE, max_records=100_000, working_set=4 * PAGE)
+    writer = RingWriter.attach(name)
+    try:
+        payload = os.urandom(1000)
+        while writer.head + layout.record_size(1000) <= 4 * PAGE:
+            assert writer.try_write(1, 1, payload)
+
+        def enospc(*args: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "posix_fallocate", enospc)
+        head = writer.head
+        assert not writer.try_write(1, 1, payload)  # refused (the caller answers "retry later")
+        assert writer.head == head
+        monkeypatch.undo()
+        assert writer.try_write(1, 1, payload)
+    finally:
+        writer.close()
+
+
+def test_records_with_zlib_crc_from_older_writers_still_read(ring, monkeypatch) -> None:
+    """Rings adopted from a run before FLAG_CRC32C hold records with flags 0 and zlib's CRC-32."""
+    from otlp_ingest.ring import writer as writer_module
+
+    name = ring()
+    with RingWriter.attach(name) as writer:
+        monkeypatch.setattr(writer_module, "_FLAGS", 0)
+        assert writer.try_write(1, 3, b"old")
+        monkeypatch.undo()
+        assert writer.try_write(1, 4, b"new")
+    with RingReader.attach(name) as reader:
+        old, new = reader.read(), reader.read()
+        assert (old.payload, new.payload) == (b"old", b"new")
+    assert _peek(name, layout.HEADER_SIZE + 10, 2) == b"\x00\x00"  # the old record's flags
+    _poke(name, layout.HEADER_SIZE + 10, b"\x02\x00")  # an unknown flag: refused, not guessed at
+    with RingReader.attach(name) as reader, pytest.raises(RingCorrupt):
+        reader.read()
