@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError, Message
 
 from otlp_ingest.errors import InvalidArgument
+from otlp_ingest.otlp.id_views import proven_item_count
 from otlp_ingest.otlp.signals import SIGNALS, Signal
 
 __all__ = ["ValidatedPayload", "count_items", "validate_message", "validate_protobuf"]
@@ -53,6 +54,11 @@ class ValidatedPayload:
     rejected: int
     error_message: str
 
+
+# Bodies from this size on have their item ids proven valid in C (id_views) before the Python
+# check: measured, 10 spans (1.7 KB) 7.4 us without vs 9.0 us with it, 100 spans (16 KB) 51 vs 42 us,
+# 512 spans (84 KB) 256 vs 207 us.
+PROOF_MIN_BYTES = 4096
 
 # Reasons, in the order they are reported.
 _SPAN_TRACE = "trace_id must be 16 bytes"
@@ -76,7 +82,10 @@ def validate_protobuf(signal: Signal, body: bytes, max_item_bytes: int = 0) -> V
         raise InvalidArgument(f"malformed protobuf: {exc}") from None
     except RecursionError:  # pragma: no cover - upb reports depth as DecodeError
         raise InvalidArgument("malformed protobuf: nested too deeply") from None
-    return _validate(signal, message, body, max_item_bytes)
+    # Most requests have only valid ids: proven in C per scope (id_views), else item by item. The
+    # proof's fixed cost (a second parse, ~4 us) only pays off beyond a couple of dozen items.
+    proven = proven_item_count(signal, body) if len(body) >= PROOF_MIN_BYTES else None
+    return _validate(signal, message, body, max_item_bytes, proven)
 
 
 def validate_message(signal: Signal, message: Message, max_item_bytes: int = 0) -> ValidatedPayload:
@@ -107,10 +116,16 @@ def count_items(signal: Signal, message: Message) -> int:
 
 
 def _validate(
-    signal: Signal, message: Message, body: bytes | None, max_item_bytes: int = 0
+    signal: Signal,
+    message: Message,
+    body: bytes | None,
+    max_item_bytes: int = 0,
+    proven_count: int | None = None,
 ) -> ValidatedPayload:
     reasons: dict[str, int] = {}
-    if signal == Signal.TRACES:
+    if proven_count is not None:
+        accepted = proven_count
+    elif signal == Signal.TRACES:
         accepted = _check_spans(message, reasons)
     elif signal == Signal.LOGS:
         accepted = _check_logs(message, reasons)
