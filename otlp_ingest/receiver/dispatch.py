@@ -2,13 +2,15 @@
 
     runner.run(work, offload, done)
 
-`work()` decompresses, decodes and queues one request (it calls `ExportService.export`) and
-returns its `ExportResult`; `done(result, error)` answers the client, on the event loop, exactly
-once. Small requests run `work` inline and `done` is called before `run` returns: no task, no
-thread hop, which is most of what a small request costs otherwise. Big bodies (`offload=True`)
-run `work` in a small thread pool so the loop keeps serving other connections meanwhile; in
-durable mode the answer waits for the record's fsync (`ExportService.durable`) without blocking
-the loop. Only those slow paths create a task.
+`work(done)` decompresses, decodes and queues one request (it calls `ExportService.export`,
+passing `done` on) and returns its `ExportResult`, or None when the request was staged;
+`done(result, error)` answers the client, on the event loop, exactly once. Small requests run
+`work` inline: their payloads are staged and written together, one ring record per signal, by a
+flush the runner schedules once per loop turn (`ExportService.flush_staged`), which then calls
+their `done`: no task, no thread hop, and one record for every small request the loop handled
+in that turn. Big bodies (`offload=True`) run `work(None)` in a small thread pool so the loop
+keeps serving other connections meanwhile; in durable mode the answer waits for the record's
+fsync (`ExportService.durable`) without blocking the loop. Only those slow paths create a task.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from otlp_ingest.receiver.export import ExportResult, ExportService
 
 Done = Callable[[ExportResult | None, BaseException | None], None]
+Work = Callable[[Done | None], ExportResult | None]
 
 # Two threads: big bodies hold the GIL anyway, more threads would only share it further; the
 # transports' in-flight bounds limit how many wait for them.
@@ -42,32 +45,42 @@ class ExportRunner:
     def __init__(self, service: ExportService, loop: asyncio.AbstractEventLoop) -> None:
         self.service = service
         self.loop = loop
+        self._flush_scheduled = False
         self._pool = ThreadPoolExecutor(max_workers=OFFLOAD_THREADS, thread_name_prefix="export-offload")
         self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
 
-    def run(self, work: Callable[[], ExportResult], offload: bool, done: Done) -> None:
+    def run(self, work: Work, offload: bool, done: Done) -> None:
         if offload:
             self._spawn(self._slow(work, None, done))
             return
         try:
-            result = work()
+            result = work(done)
         except Exception as exc:  # every failure becomes a status: the transport maps it
             done(None, exc)
             return
-        if result.ticket is None:
+        if result is None:  # staged: answered by the flush
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self._flush)
+        elif result.ticket is None:
             done(result, None)
         else:
             self._spawn(self._slow(work, result, done))
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self.service.flush_staged()
 
     def _spawn(self, coro: object) -> None:
         task = self.loop.create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _slow(self, work: Callable[[], ExportResult], result: ExportResult | None, done: Done) -> None:
+    async def _slow(self, work: Work, result: ExportResult | None, done: Done) -> None:
         try:
             if result is None:
-                result = await self.loop.run_in_executor(self._pool, work)
+                result = await self.loop.run_in_executor(self._pool, work, None)
+                assert result is not None  # not staged: no `done` was given
             if result.ticket is not None:  # durable mode: answer once the record is fsynced
                 result = await self.service.durable(result)
         except Exception as exc:
@@ -81,4 +94,5 @@ class ExportRunner:
         return len(self._tasks)
 
     def close(self) -> None:
+        self.service.flush_staged()
         self._pool.shutdown(wait=True, cancel_futures=False)

@@ -58,6 +58,10 @@ SHUTTING_DOWN_RETRY_AFTER = 1.0
 # exporters drain: a short hint; clients back off exponentially on repeated refusals anyway.
 MEMORY_RETRY_AFTER = 1.0
 
+# Bytes of requests one staged ring record holds at most (see `ExportService.export`): enough to
+# merge every small request of a loop turn, small beside a batch (OTLP_BATCH_MAX_BYTES).
+COALESCE_MAX_BYTES = 256 * 1024
+
 # Longest a request waits for its fsync before it is refused (retryable): a healthy disk takes
 # milliseconds; a stalled one must not hold clients (or gRPC handler threads) for ever.
 DURABLE_WAIT_TIMEOUT = 5.0
@@ -77,7 +81,7 @@ class RingWriterLike(Protocol):
     @property
     def max_payload(self) -> int: ...
 
-    def try_write(self, signal: int, item_count: int, payload: bytes | memoryview) -> bool: ...
+    def try_write(self, signal: int, item_count: int, payload: bytes | memoryview | list[bytes]) -> bool: ...
 
     def close(self) -> None: ...
 
@@ -111,6 +115,22 @@ class _Pending:
     series: _Series
     outcome: str  # "ok" | "partial"
     started: float
+
+
+Done = Callable[["ExportResult | None", "BaseException | None"], None]
+
+
+@dataclass(slots=True)
+class _Staged:
+    """A validated request whose payload waits in `ExportService` for the next `flush_staged`."""
+
+    series: _Series
+    response: bytes
+    accepted: int
+    rejected: int
+    outcome: str
+    started: float
+    done: Done
 
 
 @dataclass(slots=True)
@@ -177,11 +197,31 @@ class QueueFullHint:
 
 
 class _Series:
-    """Metric children for one (signal, transport), resolved once: `.labels()` is not free."""
+    """Metric children for one (signal, transport), resolved once (`.labels()` is not free), and
+    the counts not yet written to them.
 
-    __slots__ = ("_signal_name", "_transport", "accepted", "duration", "outcomes", "refused")
+    Why batched: a prometheus_client multiprocess value costs ~1.6 us per `inc` (a lock, a
+    getpid syscall, an mmap write) and a histogram observation ~3.2 us: 6-7 us per request, a
+    fifth of what a small request costs otherwise. So `count` adds to plain numbers under one
+    lock (the event loop and the offload threads both count) and `flush` writes them out; the
+    worker flushes every sweep (0.25 s) and before it exits, so a scrape may trail by that much.
+    """
 
-    def __init__(self, signal: Signal, transport: str) -> None:
+    __slots__ = (
+        "_accepted",
+        "_durations",
+        "_lock",
+        "_outcomes",
+        "_refused",
+        "_signal_name",
+        "_transport",
+        "accepted",
+        "duration",
+        "outcomes",
+        "refused",
+    )
+
+    def __init__(self, signal: Signal, transport: str, lock: threading.Lock) -> None:
         name = SIGNALS[signal].name
         self.accepted = metrics.RECEIVER_ACCEPTED[signal].labels(transport)
         self.refused = metrics.RECEIVER_REFUSED[signal].labels(transport)
@@ -189,13 +229,49 @@ class _Series:
         self.outcomes: dict[str, object] = {}
         self._signal_name = name
         self._transport = transport
+        self._lock = lock
+        self._accepted = 0
+        self._refused = 0
+        self._outcomes: dict[str, int] = {}
+        self._durations: list[float] = []
 
-    def outcome(self, outcome: str) -> None:
-        child = self.outcomes.get(outcome)
-        if child is None:
-            child = metrics.RECEIVER_REQUESTS.labels(self._transport, self._signal_name, outcome)
-            self.outcomes[outcome] = child
-        child.inc()  # type: ignore[attr-defined]
+    def count(
+        self, accepted: int = 0, refused: int = 0, outcome: str | None = None, duration: float | None = None
+    ) -> None:
+        """Add one request's figures (written out by the next `flush`)."""
+        with self._lock:
+            self._accepted += accepted
+            self._refused += refused
+            if outcome is not None:
+                self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+            if duration is not None:
+                self._durations.append(duration)
+
+    def flush(self) -> None:
+        """Write what `count` gathered to the metric values."""
+        with self._lock:
+            accepted, refused, outcomes, durations = (
+                self._accepted,
+                self._refused,
+                self._outcomes,
+                self._durations,
+            )
+            if not (accepted or refused or outcomes or durations):
+                return
+            self._accepted = self._refused = 0
+            self._outcomes = {}
+            self._durations = []
+        if accepted:
+            self.accepted.inc(accepted)
+        if refused:
+            self.refused.inc(refused)
+        for outcome, n in outcomes.items():
+            child = self.outcomes.get(outcome)
+            if child is None:
+                child = metrics.RECEIVER_REQUESTS.labels(self._transport, self._signal_name, outcome)
+                self.outcomes[outcome] = child
+            child.inc(n)  # type: ignore[attr-defined]
+        metrics.observe_many(self.duration, durations)
 
 
 def outcome_for(error: BaseException) -> str:
@@ -228,11 +304,16 @@ class ExportService:
         self._memory = memory
         self._settings = settings
         self._lock = threading.Lock()
+        self._metrics_lock = threading.Lock()
         self._draining = False
         self._closed = False
         self._series: dict[tuple[Signal, str], _Series] = {}
         self._full_log = RateLimitedLogger(log)
         self._full_hint = QueueFullHint()
+        # Staged requests per signal (see `export(done=...)`): their payloads and their bytes.
+        self._staged: dict[Signal, list[_Staged]] = {}
+        self._staged_payloads: dict[Signal, list[bytes]] = {}
+        self._staged_bytes: dict[Signal, int] = {}
         # Empty responses are the common case: build them once.
         self._empty = {(signal, "protobuf"): response_bytes(signal) for signal in SIGNALS} | {
             (signal, "json"): b"{}" for signal in SIGNALS
@@ -262,7 +343,7 @@ class ExportService:
     def _series_for(self, signal: Signal, transport: str) -> _Series:
         series = self._series.get((signal, transport))
         if series is None:
-            series = self._series[(signal, transport)] = _Series(signal, transport)
+            series = self._series[(signal, transport)] = _Series(signal, transport, self._metrics_lock)
         return series
 
     def memory_refusing(self) -> bool:
@@ -271,14 +352,35 @@ class ExportService:
 
     def record_failure(self, signal: Signal, transport: str, error: BaseException) -> None:
         """Count a request the transport refused before calling `export` (413, 415, ...)."""
-        self._series_for(signal, transport).outcome(outcome_for(error))
+        self._series_for(signal, transport).count(outcome=outcome_for(error))
+
+    def flush_metrics(self) -> None:
+        """Write the counts gathered since the last flush to the metric values (see _Series)."""
+        for series in list(self._series.values()):
+            series.flush()
 
     def export(
-        self, signal: Signal, body: bytes, content_format: ContentFormat, transport: str
-    ) -> ExportResult:
-        """Validate `body` and queue its valid items. See the module docstring."""
+        self,
+        signal: Signal,
+        body: bytes,
+        content_format: ContentFormat,
+        transport: str,
+        done: Done | None = None,
+    ) -> ExportResult | None:
+        """Validate `body` and queue its valid items. See the module docstring.
+
+        With `done` (the event loop's requests, shared-memory rings only), valid items are not
+        written at once but *staged*: `export` returns None and `flush_staged` (the runner calls
+        it once the loop has handled the events at hand) writes every staged request of a signal
+        as one ring record, then calls each `done(result, error)`. Concatenated requests are one
+        valid request (field 1 only, design.md section 2), so nothing downstream changes, and a
+        small request no longer costs the exporter a record of its own: at 10 spans per request
+        the exporter's per-record work was a fifth of the tree's CPU. Errors found while
+        validating are raised at once, as without `done`.
+        """
         started = time.perf_counter()
         series = self._series_for(signal, transport)
+        refused = 0
         try:
             if self._draining:
                 raise errors.ShuttingDown(
@@ -291,18 +393,7 @@ class ExportService:
             validated = _validated(signal, body, content_format, self._settings.batch_max_bytes)
             accepted = validated.accepted
             rejected = validated.rejected
-            ticket = None
-            if accepted:
-                try:
-                    ticket = self._write(signal, accepted, validated.payload)
-                except (errors.RetryableError, errors.PayloadTooLarge):
-                    series.refused.inc(accepted + rejected)
-                    raise
-                if ticket is None:
-                    series.accepted.inc(accepted)
             outcome = "partial" if rejected or validated.error_message else "ok"
-            if rejected:
-                series.refused.inc(rejected)
             if outcome == "partial":
                 if content_format == "protobuf":
                     response = response_bytes(signal, rejected, validated.error_message)
@@ -310,15 +401,74 @@ class ExportService:
                     response = response_json(signal, rejected, validated.error_message)
             else:
                 response = self._empty[(signal, content_format)]
-            if ticket is not None:  # counted when durable (see `durable`)
+            ticket = None
+            if accepted:
+                if done is not None and self._log is None:
+                    self._stage(
+                        signal,
+                        validated.payload,
+                        _Staged(series, response, accepted, rejected, outcome, started, done),
+                    )
+                    return None
+                try:
+                    ticket = self._write(signal, accepted, validated.payload)
+                except (errors.RetryableError, errors.PayloadTooLarge):
+                    refused = accepted + rejected
+                    raise
+            if ticket is not None:  # accepted and the outcome are counted when durable (`durable`)
+                if rejected:
+                    series.count(refused=rejected)
                 return ExportResult(response, accepted, rejected, ticket, _Pending(series, outcome, started))
-            series.outcome(outcome)
-            series.duration.observe(time.perf_counter() - started)
+            series.count(accepted, rejected, outcome, time.perf_counter() - started)
             return ExportResult(response, accepted, rejected)
         except BaseException as exc:
-            series.outcome(outcome_for(exc))
-            series.duration.observe(time.perf_counter() - started)
+            series.count(0, refused, outcome_for(exc), time.perf_counter() - started)
             raise
+
+    def _stage(self, signal: Signal, payload: bytes, entry: _Staged) -> None:
+        if len(payload) > self._ring.max_payload:
+            self._check_fits(len(payload))  # raises: it would never fit
+        if self._staged_bytes.get(signal, 0) + len(payload) > self._coalesce_max:
+            self._flush_signal(signal)
+        self._staged.setdefault(signal, []).append(entry)
+        self._staged_payloads.setdefault(signal, []).append(payload)
+        self._staged_bytes[signal] = self._staged_bytes.get(signal, 0) + len(payload)
+
+    @property
+    def _coalesce_max(self) -> int:
+        """Bytes one staged record may hold: small beside a batch, and always a valid record."""
+        return min(COALESCE_MAX_BYTES, self._settings.batch_max_bytes, self._ring.max_payload)
+
+    def flush_staged(self) -> None:
+        """Write the staged requests (one record per signal) and answer each (see `export`)."""
+        for signal in list(self._staged):
+            self._flush_signal(signal)
+
+    def _flush_signal(self, signal: Signal) -> None:
+        entries = self._staged.pop(signal, None)
+        payloads = self._staged_payloads.pop(signal, [])
+        self._staged_bytes.pop(signal, None)
+        if not entries:
+            return
+        error: BaseException | None = None
+        try:
+            self._write(signal, sum(e.accepted for e in entries), payloads)
+        except Exception as exc:  # every staged request gets the same answer
+            error = exc
+        now = time.perf_counter()
+        for entry in entries:
+            if error is None:
+                entry.series.count(entry.accepted, entry.rejected, entry.outcome, now - entry.started)
+                result: ExportResult | None = ExportResult(entry.response, entry.accepted, entry.rejected)
+            else:
+                entry.series.count(
+                    0, entry.accepted + entry.rejected, outcome_for(error), now - entry.started
+                )
+                result = None
+            try:
+                entry.done(result, error)
+            except Exception:  # one transport's failure must not keep the others unanswered
+                log.exception("answering a staged %s request failed", SIGNALS[signal].name)
 
     async def durable(self, result: ExportResult, timeout: float = DURABLE_WAIT_TIMEOUT) -> ExportResult:
         """Durable mode: return `result` once its record is on disk, without blocking the event loop;
@@ -336,22 +486,18 @@ class ExportService:
         pending = result.pending
         assert pending is not None
         series = pending.series
-        try:
-            if not ok:
-                series.refused.inc(result.accepted)
-                series.outcome("refused")
-                self._full_log.warning(
-                    "fsync", "write-ahead log: fsync failed or too slow: refusing (clients retry)"
-                )
-                raise DiskFull(
-                    "queue not durable (disk error or too slow): the data was not accepted, retry later",
-                    retry_after=DISK_RETRY_AFTER,
-                )
-            series.accepted.inc(result.accepted)
-            series.outcome(pending.outcome)
-            return result
-        finally:
-            series.duration.observe(time.perf_counter() - pending.started)
+        duration = time.perf_counter() - pending.started
+        if not ok:
+            series.count(refused=result.accepted, outcome="refused", duration=duration)
+            self._full_log.warning(
+                "fsync", "write-ahead log: fsync failed or too slow: refusing (clients retry)"
+            )
+            raise DiskFull(
+                "queue not durable (disk error or too slow): the data was not accepted, retry later",
+                retry_after=DISK_RETRY_AFTER,
+            )
+        series.count(accepted=result.accepted, outcome=pending.outcome, duration=duration)
+        return result
 
     def _refuse_for_memory(
         self, signal: Signal, body: bytes, content_format: ContentFormat, series: _Series, state: int
@@ -362,22 +508,25 @@ class ExportService:
         if state == 1:
             try:
                 counted = _validated(signal, body, content_format)
-                series.refused.inc(counted.accepted + counted.rejected)
+                series.count(refused=counted.accepted + counted.rejected)
             except errors.OtlpError:
                 pass  # malformed: nothing to count; the client still gets the retryable answer
         raise errors.MemoryLimited(
             "memory limit reached: the server is overloaded, retry later", retry_after=MEMORY_RETRY_AFTER
         )
 
-    def _write(self, signal: Signal, accepted: int, payload: bytes) -> int | None:
-        """Queue the record; None (ring) or the log's durability ticket. Raises QueueFull /
-        DiskFull / PayloadTooLarge / ShuttingDown."""
-        if len(payload) > self._ring.max_payload:
+    def _check_fits(self, size: int) -> None:
+        if size > self._ring.max_payload:
             # It would never fit, however empty the ring: "retry later" would be a lie.
             raise errors.PayloadTooLarge(
-                f"request of {len(payload)} bytes exceeds the queue's record limit of "
+                f"request of {size} bytes exceeds the queue's record limit of "
                 f"{self._ring.max_payload} bytes (raise OTLP_QUEUE_BYTES)"
             )
+
+    def _write(self, signal: Signal, accepted: int, payload: bytes | list[bytes]) -> int | None:
+        """Queue the record (`payload`, or the concatenation of staged payloads); None (ring) or
+        the log's durability ticket. Raises QueueFull / DiskFull / PayloadTooLarge / ShuttingDown."""
+        self._check_fits(len(payload) if isinstance(payload, bytes) else sum(map(len, payload)))
         with self._lock:
             if self._closed:
                 raise errors.ShuttingDown(

@@ -29,7 +29,7 @@ from urllib.parse import quote
 from otlp_ingest import errors
 from otlp_ingest.config import Settings
 from otlp_ingest.otlp.signals import SIGNALS, Signal
-from otlp_ingest.receiver.dispatch import ExportRunner, should_offload
+from otlp_ingest.receiver.dispatch import Done, ExportRunner, should_offload
 from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ExportResult, ExportService
 from otlp_ingest.receiver.h2 import H2Connection, Stream
 from otlp_ingest.receiver.hpack import encode_literal
@@ -164,9 +164,9 @@ class GrpcReceiver:
         service = self.service
         limit = self.max_message
 
-        def work() -> ExportResult:
+        def work(done: Done | None) -> ExportResult | None:
             message = decompress(encoding, payload, limit) if compressed else payload
-            return service.export(signal, message, "protobuf", "grpc")
+            return service.export(signal, message, "protobuf", "grpc", done)
 
         def answer(result: ExportResult | None, exc: BaseException | None) -> None:
             if result is not None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from otlp_ingest import errors
 from otlp_ingest.config import Settings
 from otlp_ingest.otlp.signals import SIGNAL_BY_PATH, SIGNALS, Signal
-from otlp_ingest.receiver.dispatch import ExportRunner, should_offload
+from otlp_ingest.receiver.dispatch import Done, ExportRunner, should_offload
 from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ContentFormat, ExportResult, ExportService
 from otlp_ingest.receiver.inflight import BODY_FACTOR, BodyBudget, http_body_slots, memory_limits
 from otlp_ingest.receiver.limits import decompress, normalize_encoding
@@ -101,8 +101,22 @@ def plain_response(status: int, message: bytes, headers: tuple[bytes, ...] = ())
     return response(status, b"text/plain; charset=utf-8", message, headers, close=True)
 
 
+_FORMATS: dict[bytes | None, ContentFormat] = {}  # header values seen -> format (the hot path)
+_FORMATS_MAX = 64
+
+
 def content_format(content_type: bytes | None) -> ContentFormat:
     """ "protobuf" or "json" for a Content-Type header (parameters ignored); else UnsupportedMediaType."""
+    known = _FORMATS.get(content_type)
+    if known is not None:
+        return known
+    fmt = _parse_content_format(content_type)
+    if len(_FORMATS) < _FORMATS_MAX:  # clients send a handful of spellings; attackers many
+        _FORMATS[content_type] = fmt
+    return fmt
+
+
+def _parse_content_format(content_type: bytes | None) -> ContentFormat:
     media = (content_type or b"").split(b";", 1)[0].strip().lower()
     if media == b"application/x-protobuf":
         return "protobuf"
@@ -136,6 +150,11 @@ def error_response(exc: BaseException, fmt: ContentFormat, context: str = "") ->
     # Too large: the rest of the body may still be on its way; do not try to reuse the connection.
     close = isinstance(exc, errors.PayloadTooLarge)
     return response(wire.http_status, _MEDIA_TYPE[fmt], body, tuple(headers), close)
+
+
+# The answer to almost every request: an empty Export*ServiceResponse (the same for every signal).
+_EMPTY_BODY: dict[ContentFormat, bytes] = {"protobuf": b"", "json": b"{}"}
+_OK_EMPTY = {fmt: response(200, _MEDIA_TYPE[fmt], body) for fmt, body in _EMPTY_BODY.items()}
 
 
 class _BodiesInFlight(errors.QueueFull):
@@ -226,19 +245,20 @@ class Exchange:
         app = self._app
         signal, fmt, encoding = self.signal, self.fmt, self.encoding
 
-        def work() -> ExportResult:
+        def work(done: Done | None) -> ExportResult | None:
             body = raw if encoding == "identity" else decompress(encoding, raw, app.limit)
             # the decompressed bytes and the decoded request
             if not app.budget.try_charge(2 * len(body)):
                 raise app.busy()
             self._charged += 2 * len(body)
             self._exported = True
-            return app.service.export(signal, body, fmt, "http")
+            return app.service.export(signal, body, fmt, "http", done)
 
         def answer(result: ExportResult | None, exc: BaseException | None) -> None:
             if result is not None:
                 self.release()
-                done(response(200, _MEDIA_TYPE[fmt], result.response))
+                body = result.response
+                done(_OK_EMPTY[fmt] if body == _EMPTY_BODY[fmt] else response(200, _MEDIA_TYPE[fmt], body))
             elif isinstance(exc, errors.OtlpError):
                 done(self._refuse(exc, close=isinstance(exc, _BodiesInFlight | errors.MemoryLimited)))
             else:
@@ -287,7 +307,8 @@ class OtlpHttpApp:
         try:
             exchange.fmt = content_format(content_type)
             encoding = headers.get(b"content-encoding")
-            exchange.encoding = normalize_encoding(encoding.decode("latin-1") if encoding else None)
+            if encoding is not None:
+                exchange.encoding = normalize_encoding(encoding.decode("latin-1"))
             if self.service.memory_refusing():  # before reading: the body would only add to it
                 raise errors.MemoryLimited(
                     "memory limit reached: the server is overloaded, retry later",

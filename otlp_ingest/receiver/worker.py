@@ -14,7 +14,8 @@ Threads: one uvloop event loop in the main thread serves both ports: HTTP/2 for 
 `http_app.OtlpHttpApp`). Small requests are decoded and queued inline, in the `data_received`
 call that completed them; big bodies go to a 2-thread pool (`dispatch.ExportRunner`). One sweeper
 task checks every connection's deadlines about every 0.25 s (header, body and preface deadlines,
-stalled gRPC calls, connection ageing, idle keep-alive), so no request arms a timer of its own.
+stalled gRPC calls, connection ageing, idle keep-alive), so no request arms a timer of its own,
+and writes out the receiver metrics counted since the last sweep (export.py, `_Series`).
 
 Connection ageing (issue "traffic that follows the HPA"): gRPC connections get GOAWAY after
 `grpc_max_connection_age` (x0.9-1.1 jitter, as grpc does) and are closed
@@ -250,6 +251,7 @@ async def _serve(
             now = clock()
             for conn in (*h2_connections, *http_connections):
                 conn.sweep(now)
+            service.flush_metrics()
 
     sweeper = loop.create_task(sweep())
     log.info(
@@ -281,3 +283,4 @@ async def _serve(
     sweeper.cancel()
     await asyncio.sleep(0)  # let the transports close
     runner.close()
+    service.flush_metrics()

@@ -12,6 +12,9 @@ The names are a contract with the alert rules, the dashboard and docs/operations
 
 from __future__ import annotations
 
+import bisect
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 from otlp_ingest.otlp.signals import SIGNALS, Signal
@@ -131,3 +134,23 @@ def count_recovery(report: object, before: object = None) -> None:
         delta = getattr(report, attr, 0) - (getattr(before, attr, 0) if before is not None else 0)
         if delta > 0:
             counter.inc(delta)
+
+
+def observe_many(histogram: Any, values: list[float]) -> None:
+    """`histogram.observe(v)` for every value in `values`, writing each bucket and the sum once.
+
+    `histogram` is a labelled prometheus_client Histogram child; this reads its bucket bounds
+    and values (`_upper_bounds`, `_buckets`, `_sum`: unchanged since prometheus_client 0.4;
+    tests/unit/test_metrics_batch.py pins the result against `observe`). Buckets are cumulative
+    in the exposition, so each value counts once, in the first bucket whose bound holds it.
+    """
+    if not values:
+        return
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    for bucket, n in zip(histogram._buckets, counts, strict=True):
+        if n:
+            bucket.inc(n)
+    histogram._sum.inc(sum(values))

@@ -632,6 +632,7 @@ def test_export_service_in_process_metrics_and_draining() -> None:
     service = ExportService(writer, Settings())
 
     def sample(name: str, **labels: str) -> float:
+        service.flush_metrics()  # counts are batched (export._Series); the worker flushes every sweep
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
     result = service.export(
