@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import jsonschema
 import pytest
 import yaml
 
@@ -239,6 +240,7 @@ def test_values_schema_config_names_are_the_servers() -> None:
     """`config` accepts exactly the server's settings, less those the chart sets itself, so a typo
     fails the install instead of being ignored, and a new server setting shows up here."""
     schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)  # draft-07: Helm 3 validates it as well as Helm 4
     allowed = set(schema["properties"]["config"]["properties"])
     assert allowed == set(ENV_NAMES.values()) - CHART_MANAGED_ENV
     templates = "".join(t.read_text() for t in (CHART / "templates").iterdir())
