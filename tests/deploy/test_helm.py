@@ -319,6 +319,10 @@ def test_values_production_is_the_operations_guide() -> None:
     assert values["ingress"]["className"] == "nginx"
     assert values["ingress"]["hosts"] == ["otlp.example.com"]
     assert values["monitoring"]["serviceMonitor"]["enabled"] is True
+    guide = (ROOT / "docs/operations.md").read_text()
+    for command in ("install", "upgrade", "-n observability rollback", "-n observability uninstall"):
+        assert f"helm {command}" in guide, command
+    assert "--values deploy/helm/otlp-ingest/values-production.yaml" in guide
 
 
 def test_versions_agree() -> None:
