@@ -342,3 +342,12 @@ def test_notes_tell_clients_where_to_connect() -> None:
     default = helm_render({})["otlp-ingest/templates/NOTES.txt"]
     assert "http://otlp-ingest.observability.svc:4318" in default
     assert "No backend is set" in default
+
+
+def test_packaged_chart_renders_the_same(tmp_path: Path) -> None:
+    """`helm package` carries everything the templates read (files/alerts.yml): the archive renders
+    what the directory renders, as an installed-from-a-repository chart would."""
+    archive = helm.package(CHART, destination=tmp_path)
+    with helm.Chart.load(archive) as chart:
+        packaged = chart.render({}, name="otlp-ingest", namespace="observability")
+    assert packaged == helm_render({})
