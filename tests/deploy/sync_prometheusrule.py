@@ -1,7 +1,10 @@
-"""Regenerate deploy/k8s/base/prometheusrule.yaml from deploy/prometheus/alerts.yml.
+"""Regenerate deploy/k8s/base/prometheusrule.yaml and the Helm chart's files/alerts.yml from
+deploy/prometheus/alerts.yml.
 
 The rules have one source, alerts.yml (promtool-tested); the PrometheusRule carries the same groups
-for clusters with the Prometheus Operator. `test_k8s.py` fails when the two differ.
+for clusters with the Prometheus Operator. The chart keeps a verbatim copy because Helm's
+`.Files.Get` reads only files inside the chart. `test_k8s.py` and `test_helm.py` fail when either
+differs.
 
     .venv/bin/python -m tests.deploy.sync_prometheusrule
 """
@@ -15,6 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy/prometheus/alerts.yml"
 TARGET = ROOT / "deploy/k8s/base/prometheusrule.yaml"
+CHART_ALERTS = ROOT / "deploy/helm/otlp-ingest/files/alerts.yml"
 
 HEADER = """\
 # GENERATED from deploy/prometheus/alerts.yml by `python -m tests.deploy.sync_prometheusrule`;
@@ -50,4 +54,6 @@ def render() -> str:
 
 if __name__ == "__main__":
     TARGET.write_text(render())
-    print(f"wrote {TARGET.relative_to(ROOT)}")
+    CHART_ALERTS.write_bytes(RULES.read_bytes())
+    for path in (TARGET, CHART_ALERTS):
+        print(f"wrote {path.relative_to(ROOT)}")

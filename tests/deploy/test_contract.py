@@ -9,18 +9,19 @@ import pytest
 import yaml
 
 from otlp_ingest.config import ENV_NAMES, Settings, load_settings
+from otlp_ingest.otlp.signals import SIGNALS
 from tests.deploy.tools import (
     DEPLOY,
-    K8S_BASE,
-    K8S_DURABLE,
-    K8S_PRODUCTION,
+    MANIFESTS,
     ROOT,
     SCRIPTS,
     SUPERVISOR_METRICS,
+    all_manifests,
     dashboard_exprs,
     find,
+    helm_objects,
+    helm_values,
     metric_names_in,
-    objects,
     recorded_names,
     rule_exprs,
     server_metric_names,
@@ -31,7 +32,7 @@ DEFAULTS = Settings()
 PORTS = {DEFAULTS.grpc_port, DEFAULTS.http_port, DEFAULTS.admin_port}
 ADMIN_PATHS = ("/health", "/ready", "/metrics")
 
-# Every operator-facing text file of the kit.
+# Every operator-facing text file of the kit (the Helm chart's templates and values included).
 ARTIFACTS = [
     ROOT / "Dockerfile",
     ROOT / "docker-compose.yml",
@@ -43,11 +44,6 @@ ARTIFACTS = [
 
 def _text(path: Path) -> str:
     return path.read_text()
-
-
-ALL_OVERLAYS = pytest.mark.parametrize(
-    "overlay", [K8S_BASE, K8S_PRODUCTION, K8S_DURABLE], ids=["base", "production", "durable"]
-)
 
 
 def test_supervisor_defines_its_tree_wide_metrics() -> None:
@@ -96,10 +92,10 @@ def test_env_names_exist(path: Path) -> None:
     assert not unknown, f"{path.name}: environment variables the server does not read: {sorted(unknown)}"
 
 
-@ALL_OVERLAYS
-def test_configmap_is_valid_settings(overlay: Path) -> None:
+@all_manifests
+def test_configmap_is_valid_settings(manifests: str) -> None:
     """The ConfigMap's values pass the server's own validation (as `serve` would load them)."""
-    data = find(objects(overlay), "ConfigMap")["data"]
+    data = find(MANIFESTS[manifests](), "ConfigMap")["data"]
     assert set(data) <= set(ENV_NAMES.values())
     settings = load_settings({}, data)
     assert (settings.grpc_port, settings.http_port, settings.admin_port) == (4317, 4318, 8888)
@@ -118,9 +114,10 @@ def test_admin_paths_exist_in_server() -> None:
         assert f'"{path}"' in source, f"admin endpoint {path} not served by supervisor/admin.py"
 
 
-@ALL_OVERLAYS
-def test_k8s_ports_and_paths_match_server(overlay: Path) -> None:
-    objs = objects(overlay)
+@all_manifests
+def test_k8s_ports_and_paths_match_server(manifests: str) -> None:
+    """kustomize and the Helm chart alike: ports, probes, Service, scrape endpoint, NetworkPolicy."""
+    objs = MANIFESTS[manifests]()
     container = workload(objs)["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {
@@ -140,6 +137,35 @@ def test_k8s_ports_and_paths_match_server(overlay: Path) -> None:
     netpol = find(objs, "NetworkPolicy")
     ingress_ports = {p["port"] for rule in netpol["spec"]["ingress"] for p in rule["ports"]}
     assert ingress_ports == PORTS
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_helm_ingress_routes_the_servers_paths(tls: bool) -> None:
+    """The Ingress objects route exactly the server's gRPC Export methods to its gRPC port (HTTP/2
+    to the pod: backend protocol GRPC, or GRPCS when the pods serve TLS) and its OTLP/HTTP paths to
+    its HTTP port."""
+    values = {**helm_values("production"), "tls": {"enabled": tls, "clientAuth": False}}
+    objs = helm_objects(values)
+    service_ports = {p["name"] for p in find(objs, "Service")["spec"]["ports"]}
+    signals = SIGNALS.values()
+    expected = {
+        "otlp-ingest-grpc": ("otlp-grpc", "GRPCS" if tls else "GRPC", {i.grpc_method for i in signals}),
+        "otlp-ingest-http": ("otlp-http", "HTTPS" if tls else "HTTP", {i.http_path for i in signals}),
+    }
+    ingresses = [o for o in objs if o["kind"] == "Ingress"]
+    assert {o["metadata"]["name"] for o in ingresses} == set(expected)
+    for ingress in ingresses:
+        port, protocol, paths = expected[ingress["metadata"]["name"]]
+        assert port in service_ports
+        annotations = ingress["metadata"]["annotations"]
+        assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == protocol
+        assert ingress["spec"]["ingressClassName"] == "nginx"
+        (rule,) = ingress["spec"]["rules"]
+        assert rule["host"] == "otlp.example.com"
+        assert {p["path"] for p in rule["http"]["paths"]} == paths
+        for p in rule["http"]["paths"]:
+            assert p["pathType"] == "Exact"
+            assert p["backend"]["service"] == {"name": "otlp-ingest", "port": {"name": port}}
 
 
 def test_container_and_compose_ports_match_server() -> None:

@@ -23,6 +23,8 @@ from tests.deploy.tools import (
     K8S_BASE,
     K8S_DURABLE,
     K8S_PRODUCTION,
+    check_crd_objects,
+    check_kubernetes_validate_strict,
     find,
     objects,
     rendered,
@@ -61,30 +63,12 @@ def test_renders_expected_objects(overlay: Path) -> None:
 
 @ALL_OVERLAYS
 def test_kubernetes_validate_strict(overlay: Path, tmp_path: Path) -> None:
-    manifest = tmp_path / "rendered.yaml"
-    manifest.write_text(rendered(overlay))
-    proc = run([tool("kubernetes-validate"), "--strict", str(manifest)])
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
-    assert "ERROR" not in out and "FATAL" not in out, out
-    passed = set(re.findall(r"passed for resource (\w+)/", out))
-    assert passed == {k.lower() for k in _builtin_kinds(overlay)}, out
-    # The only objects it cannot check are the CRDs, validated below.
-    for line in out.splitlines():
-        if line.startswith("WARN"):
-            assert re.search(r"kind (ServiceMonitor|PrometheusRule|Certificate) ", line), line
+    check_kubernetes_validate_strict(rendered(overlay), _builtin_kinds(overlay), tmp_path)
 
 
 @ALL_OVERLAYS
 def test_crd_objects_match_strict_schemas(overlay: Path) -> None:
-    checked = 0
-    for obj in objects(overlay):
-        schema = SCHEMAS.get((obj["apiVersion"], obj["kind"]))
-        if obj["kind"] in _builtin_kinds(overlay):
-            continue
-        assert schema is not None, f"no schema for {obj['apiVersion']} {obj['kind']}"
-        jsonschema.validate(obj, schema)
-        checked += 1
+    checked = check_crd_objects(objects(overlay), _builtin_kinds(overlay))
     assert checked == (2 if overlay == K8S_BASE else 3)
 
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the deploy tests: external tools, rendered manifests, metric and env names.
+"""Helpers shared by the deploy tests: external tools, rendered manifests (kustomize and the Helm
+chart), their validation, metric and env names.
 
 A missing tool FAILS the test (it does not skip): CI installs them with
 `scripts/install-test-tools.sh` (Debian packages) and pyproject's [test] extra (pip tools).
@@ -6,6 +7,7 @@ A missing tool FAILS the test (it does not skip): CI installs them with
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -15,8 +17,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
+
+from tests.deploy.crd_schemas import SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -27,6 +32,11 @@ ALERTS = DEPLOY / "prometheus/alerts.yml"
 ALERTS_TEST = DEPLOY / "prometheus/alerts_test.yml"
 DASHBOARD = DEPLOY / "grafana/dashboards/otlp-ingest.json"
 SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
+CHART = DEPLOY / "helm/otlp-ingest"
+CHART_ALERTS = CHART / "files/alerts.yml"
+# The release the chart is rendered as: its objects are then named like the kustomize ones.
+RELEASE = "otlp-ingest"
+NAMESPACE = "observability"
 
 # Tree-wide series the supervisor computes at scrape time (otlp_ingest/telemetry/collect.py).
 SUPERVISOR_METRICS = {
@@ -77,6 +87,113 @@ def rendered(overlay: Path) -> str:
 
 def objects(overlay: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(rendered(overlay)) if doc]
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Nested maps merged key by key, override winning (what `helm -f a.yaml -f b.yaml` does)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@cache
+def values_production() -> dict[str, Any]:
+    """values-production.yaml as Helm's own `--values` parser reads it."""
+    import helm_python as helm
+
+    return helm.values_from_yaml((CHART / "values-production.yaml").read_text())
+
+
+# Without the ingress, with client certificates on the pods: the kustomize production overlay.
+_MTLS = {"ingress": {"enabled": False}, "tls": {"clientAuth": True}}
+
+
+def helm_values(variant: str) -> dict[str, Any]:
+    """User values of a named chart variant (the chart's values.yaml supplies the rest).
+
+    default: values.yaml alone (= kustomize base); production: values-production.yaml as shipped
+    (ingress, TLS without client certificates); mtls: production without the ingress, with mTLS
+    (= overlays/production); durable: mtls in durable mode (= overlays/durable)."""
+    return {
+        "default": lambda: {},
+        "production": values_production,
+        "mtls": lambda: _merged(values_production(), _MTLS),
+        "durable": lambda: _merged(values_production(), {**_MTLS, "durable": {"enabled": True}}),
+    }[variant]()
+
+
+HELM_VARIANTS = ["default", "production", "mtls", "durable"]
+
+
+def helm_render(values: dict[str, Any]) -> dict[str, str]:
+    """The chart rendered by Helm's engine (helm-python-sdk, Helm v4's Go SDK; no cluster): template
+    path -> manifest, values checked against values.schema.json first, as `helm install` does."""
+    return _helm_render(json.dumps(values, sort_keys=True))
+
+
+@cache
+def _helm_render(values_json: str) -> dict[str, str]:
+    import helm_python as helm
+
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(json.loads(values_json), name=RELEASE, namespace=NAMESPACE)
+
+
+def helm_manifest(values: dict[str, Any]) -> str:
+    """The rendered templates as one YAML stream (NOTES.txt and templates that render empty left out)."""
+    docs = [
+        text
+        for path, text in sorted(helm_render(values).items())
+        if not path.endswith("NOTES.txt") and any(yaml.safe_load_all(text))
+    ]
+    return "\n---\n".join(docs)
+
+
+def helm_objects(values: dict[str, Any]) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(helm_manifest(values)) if doc]
+
+
+# The rendered objects of every way the kit deploys, for checks that hold for all of them.
+MANIFESTS = {
+    "kustomize-base": lambda: objects(K8S_BASE),
+    "kustomize-production": lambda: objects(K8S_PRODUCTION),
+    "kustomize-durable": lambda: objects(K8S_DURABLE),
+    **{f"helm-{v}": (lambda v=v: helm_objects(helm_values(v))) for v in HELM_VARIANTS},
+}
+all_manifests = pytest.mark.parametrize("manifests", list(MANIFESTS))
+
+
+def check_kubernetes_validate_strict(manifest: str, kinds: set[str], tmp_path: Path) -> None:
+    """`kubernetes-validate --strict` passes every built-in object (exactly `kinds`); the only
+    objects it cannot check are the CRDs (see check_crd_objects)."""
+    path = tmp_path / "rendered.yaml"
+    path.write_text(manifest)
+    proc = run([tool("kubernetes-validate"), "--strict", str(path)])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "ERROR" not in out and "FATAL" not in out, out
+    passed = set(re.findall(r"passed for resource (\w+)/", out))
+    assert passed == {k.lower() for k in kinds}, out
+    for line in out.splitlines():
+        if line.startswith("WARN"):
+            assert re.search(r"kind (ServiceMonitor|PrometheusRule|Certificate) ", line), line
+
+
+def check_crd_objects(objs: list[dict[str, Any]], builtin_kinds: set[str]) -> int:
+    """Every object that is not a built-in kind matches its strict schema; returns how many."""
+    checked = 0
+    for obj in objs:
+        if obj["kind"] in builtin_kinds:
+            continue
+        schema = SCHEMAS.get((obj["apiVersion"], obj["kind"]))
+        assert schema is not None, f"no schema for {obj['apiVersion']} {obj['kind']}"
+        jsonschema.validate(obj, schema)
+        checked += 1
+    return checked
 
 
 def find(objs: list[dict[str, Any]], kind: str, name: str = "otlp-ingest") -> dict[str, Any]:
