@@ -24,6 +24,11 @@ DEADLINE_EXCEEDED. So:
   so a refusal always finds a free thread. grpc's own `maximum_concurrent_rpcs` is not used: it
   answers RESOURCE_EXHAUSTED without RetryInfo, which OTLP clients treat as permanent.
 
+Authentication (`otlp_ingest.auth`, with settings.auth_tokens_file): `BearerAuth`, the first
+interceptor, checks the `authorization` metadata of every Export call before anything else (the
+in-flight limit, the body): a missing or unknown token is answered UNAUTHENTICATED by a handler
+that never reads the message.
+
 TLS: with settings.tls_cert_file/tls_key_file the port serves TLS only (a plaintext client fails
 its handshake, UNAVAILABLE on its side); with settings.tls_client_ca_file too, clients must present
 a certificate signed by that CA (mTLS). The files are read in `build_grpc_server`, i.e. when a
@@ -41,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from otlp_ingest import errors
+from otlp_ingest.auth import TokenStore
 from otlp_ingest.config import Settings
 from otlp_ingest.otlp.signals import SIGNALS, Signal
 from otlp_ingest.receiver.export import ExportService
@@ -216,6 +222,42 @@ class InFlightLimit(grpc.ServerInterceptor):
 _overload_log = RateLimitedLogger(log)
 
 
+class BearerAuth(grpc.ServerInterceptor):
+    """Refuses Export calls without a valid `authorization: Bearer <token>` with UNAUTHENTICATED.
+
+    Runs first, in grpc's serving thread, from the call's metadata alone: a refused call is
+    answered by a handler that never reads the request message, and never takes an in-flight slot
+    (the next interceptor is not called). Other methods pass (grpc answers UNIMPLEMENTED).
+    """
+
+    def __init__(self, tokens: TokenStore, signals: dict[str, Signal]) -> None:
+        self._tokens = tokens
+        self._signals = signals
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        signal = self._signals.get(handler_call_details.method)
+        if signal is None:
+            return continuation(handler_call_details)
+        authorization = next(
+            (v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"), None
+        )
+        try:
+            self._tokens.check(authorization, "grpc")
+        except errors.Unauthenticated as exc:
+            error = exc
+
+            def refuse(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+                _abort(context, signal, error)  # raises; the message is never read
+                raise AssertionError("unreachable")  # pragma: no cover
+
+            return grpc.stream_unary_rpc_method_handler(refuse)
+        return continuation(handler_call_details)
+
+
 def _export_handler(
     service: ExportService, signal: Signal, watchdog: StallWatchdog
 ) -> Callable[[Iterator[bytes], grpc.ServicerContext], bytes]:
@@ -236,11 +278,14 @@ def _export_handler(
     return export
 
 
-def build_grpc_server(service: ExportService, settings: Settings) -> grpc.Server:
+def build_grpc_server(
+    service: ExportService, settings: Settings, tokens: TokenStore | None = None
+) -> grpc.Server:
     """A grpc server bound (SO_REUSEPORT) to settings.bind:settings.grpc_port, not yet started.
 
-    Serves TLS (or mTLS) when the settings name a certificate (`server_credentials`). Raises
-    RuntimeError when the port cannot be bound, OSError when a TLS file cannot be read.
+    Serves TLS (or mTLS) when the settings name a certificate (`server_credentials`); with
+    `tokens`, Export calls need a bearer token (`BearerAuth`). Raises RuntimeError when the port
+    cannot be bound, OSError when a TLS file cannot be read.
     """
     credentials = server_credentials(settings)  # before the server exists: nothing to clean up
     limit = grpc_in_flight_limit(settings, memory_limits(settings), GRPC_THREADS - GRPC_REFUSAL_THREADS)
@@ -248,7 +293,10 @@ def build_grpc_server(service: ExportService, settings: Settings) -> grpc.Server
     watchdog = StallWatchdog(settings.http_read_timeout)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=GRPC_THREADS, thread_name_prefix="grpc-export"),
-        interceptors=[InFlightLimit(limit, service, methods)],
+        interceptors=[
+            *([BearerAuth(tokens, methods)] if tokens is not None else []),
+            InFlightLimit(limit, service, methods),
+        ],
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", settings.grpc_max_recv_bytes),

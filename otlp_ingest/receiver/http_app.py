@@ -1,7 +1,9 @@
 """OTLP/HTTP transport: a thin Starlette app for `POST /v1/traces|metrics|logs`.
 
-Per request: check the content type (application/x-protobuf or application/json, parameters
-allowed; else 415) and `Content-Encoding` (gzip, deflate, identity; else 415), read the body with a
+Per request: with bearer-token authentication on (`otlp_ingest.auth`), check `Authorization`
+first (401 + `WWW-Authenticate` + `Connection: close` before anything else, the body unread); then
+check the content type (application/x-protobuf or application/json, parameters
+allowed; else 415) and `Content-Encoding` (gzip, zstd, deflate, identity; else 415), read the body with a
 running size cap (413 as soon as `Content-Length` or the bytes read pass `http_max_body_bytes`, so
 chunked bodies are capped too), decompress with the same cap (413), then call the shared
 `ExportService.export`. The response uses the request's content type. Errors are mapped with
@@ -45,6 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from otlp_ingest import errors
+from otlp_ingest.auth import TokenStore
 from otlp_ingest.config import Settings
 from otlp_ingest.otlp.signals import SIGNAL_BY_PATH, SIGNALS, Signal
 from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ContentFormat, ExportResult, ExportService
@@ -133,9 +136,11 @@ def error_response(exc: BaseException, fmt: ContentFormat, context: str = "") ->
     if wire.retry_hint:
         retry = retry_after_seconds(exc)
         headers["Retry-After"] = str(retry)
-    if isinstance(exc, errors.PayloadTooLarge):
+    if isinstance(exc, errors.PayloadTooLarge | errors.Unauthenticated):
         # The rest of the body may still be on its way: do not try to reuse this connection.
         headers["Connection"] = "close"
+    if isinstance(exc, errors.Unauthenticated):
+        headers["WWW-Authenticate"] = exc.challenge
     if isinstance(exc, errors.MethodNotAllowed):
         headers["Allow"] = "POST"
     code = wire.grpc_code.value[0]
@@ -229,8 +234,9 @@ class _Held:
         self.bytes = 0
 
 
-def build_http_app(service: ExportService, settings: Settings) -> Starlette:
-    """The Starlette app: three POST routes; 404/405 and any stray exception answered by the table."""
+def build_http_app(service: ExportService, settings: Settings, tokens: TokenStore | None = None) -> Starlette:
+    """The Starlette app: three POST routes; 404/405 and any stray exception answered by the table.
+    With `tokens`, every POST needs a bearer token (checked before anything is read)."""
     limit = settings.http_max_body_bytes
     read_timeout = settings.http_read_timeout
     slots = http_body_slots(settings, memory_limits(settings))
@@ -253,6 +259,8 @@ def build_http_app(service: ExportService, settings: Settings) -> Starlette:
             fmt: ContentFormat = "json"
             held = _Held(budget)
             try:
+                if tokens is not None:  # first: an unauthenticated client learns nothing more
+                    tokens.check(headers.get("authorization"), "http")
                 fmt = content_format(content_type)
                 encoding = normalize_encoding(headers.get("content-encoding"))
                 if service.memory_refusing():  # before reading: the body would only add to it
@@ -274,6 +282,8 @@ def build_http_app(service: ExportService, settings: Settings) -> Starlette:
             except BodyTimeout as exc:
                 service.record_failure(signal, "http", exc)
                 return timeout_response(exc, fmt)
+            except errors.Unauthenticated as exc:  # counted by the token store
+                return error_response(exc, _reply_format(content_type))
             except (_BodiesInFlight, errors.MemoryLimited) as exc:
                 if not held.exported:
                     service.record_failure(signal, "http", exc)

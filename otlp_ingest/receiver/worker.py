@@ -22,6 +22,11 @@ http_app. Connections beyond `http_connection_limit()` are closed at once. uvico
 Retry-After, so a flood of idle sockets would turn valid requests into refusals the client cannot
 pace itself by.
 
+Authentication (settings.auth_tokens_file, `otlp_ingest.auth`): the worker loads its token store
+at boot (a bad file: exit CHILD_BOOT) and hands it to both transports. SIGUSR1 (sent by the
+supervisor when the tokens changed) only flags a reload; the event loop then re-reads the tokens,
+and so would the next request: no listener or connection is touched.
+
 TLS (settings.tls_*): both ports serve TLS, or mTLS with a client CA. The PEM files are read here,
 at worker start, and nowhere else: a SIGHUP rolling restart is how rotated certificates (e.g. a
 cert-manager renewal) take effect, one worker at a time and without refusing connections.
@@ -44,6 +49,7 @@ import uvicorn
 import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from otlp_ingest.auth import TokenFileError, TokenStore
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
 from otlp_ingest.queue import open_writer, parse_queue
@@ -241,6 +247,12 @@ def run_worker(
     """
     stop = threading.Event()
     wakeups: list[Callable[[], None]] = []
+    reloads: list[Callable[[], None]] = []
+    try:
+        tokens = TokenStore.for_worker(settings)
+    except TokenFileError as exc:
+        log.error("worker %d cannot load the bearer tokens: %s", worker_index, exc)
+        return ExitCode.CHILD_BOOT
 
     def on_signal(signum: int, frame: object) -> None:
         # Only record the request; the main coroutine does the work.
@@ -248,9 +260,17 @@ def run_worker(
         for wake in wakeups:
             wake()
 
+    def on_reload(signum: int, frame: object) -> None:
+        # Installed even without authentication: SIGUSR1's default action would kill the worker.
+        if tokens is not None:
+            tokens.request_reload()
+            for wake in reloads:
+                wake()
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_reload)
     try:
-        return _run(settings, worker_index, ring_name, notify_ready, stop, wakeups)
+        return _run(settings, worker_index, ring_name, notify_ready, stop, wakeups, tokens, reloads)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -263,6 +283,8 @@ def _run(
     notify_ready: Callable[[], None],
     stop: threading.Event,
     wakeups: list[Callable[[], None]],
+    tokens: TokenStore | None = None,
+    reloads: list[Callable[[], None]] | None = None,
 ) -> int:
     try:
         writer = open_writer(parse_queue(ring_name), settings)
@@ -281,7 +303,7 @@ def _run(
         service.close()
         return ExitCode.CHILD_BOOT
     try:
-        grpc_server = build_grpc_server(service, settings)
+        grpc_server = build_grpc_server(service, settings, tokens)
     except Exception as exc:
         log.error("worker %d cannot bind gRPC %s: %s", worker_index, grpc_addr, exc)
         service.close()
@@ -296,7 +318,7 @@ def _run(
 
     grace = drain_grace(settings)
     config = uvicorn.Config(
-        build_http_app(service, settings),
+        build_http_app(service, settings, tokens),
         loop="uvloop",
         http=deadline_protocol(settings),
         lifespan="off",
@@ -318,6 +340,8 @@ def _run(
         loop = asyncio.get_running_loop()
         woken = asyncio.Event()
         wakeups.append(lambda: loop.call_soon_threadsafe(woken.set))
+        if tokens is not None and reloads is not None:
+            reloads.append(lambda: loop.call_soon_threadsafe(tokens.reload_if_requested))
         serving = asyncio.create_task(http_server.serve(sockets=[sock]))
         # uvicorn's startup is immediate with a ready socket; wait for it, or for it to fail.
         while not http_server.started and not serving.done() and not stop.is_set():
@@ -327,11 +351,12 @@ def _run(
             await asyncio.gather(serving, return_exceptions=True)
             return False
         log.info(
-            "worker %d listening: grpc %s, http %s (%s), queue %s",
+            "worker %d listening: grpc %s, http %s (%s, %s), queue %s",
             worker_index,
             grpc_addr,
             http_addr,
             _tls_mode(settings),
+            f"{len(tokens)} bearer token(s)" if tokens is not None else "no authentication",
             ring_name,
         )
         notify_ready()
