@@ -3,7 +3,7 @@
     python tests/support/recording_backend.py --port-file PATH [--fail-first N]
         [--fail-code unavailable|invalid|resource_exhausted|http_503|http_400]
         [--delay-ms M] [--retry-after-s S] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
-        [--max-items N] [--fail-every K] [--partial-reject R]
+        [--max-items N] [--fail-every K] [--partial-reject R] [--grpc-no-compression]
 
 Listens on ephemeral ports on 127.0.0.1: OTLP/gRPC (grpcio, raw-bytes generic handlers for the
 three Export methods) and HTTP (http.server: OTLP/HTTP protobuf `POST /v1/traces|metrics|logs`,
@@ -13,7 +13,7 @@ gzip and zstd accepted, plus the control API). Once both listen it writes
 Control API on the HTTP port:
 - `GET /_records` -> `{"traces": {"requests": n, "items": n, "failed": n, "max_request_items": n,
   "max_request_bytes": n, "too_large": n, "order": [key, ...], "keys": {key: count},
-  "encodings": {"grpc:gzip": n, "http:zstd": n, "http:identity": n, ...},
+  "encodings": {"grpc": n, "http:zstd": n, "http:identity": n, ...},
   "headers": {"name: value": n, ...}},
   "metrics": {...}, "logs": {...}}`. `requests` counts accepted requests, `failed` injected
   failures (too_large included), `too_large` the requests refused by `max_items`,
@@ -21,8 +21,10 @@ Control API on the HTTP port:
   key in arrival order. Item keys:
   span = trace_id hex + ":" + span_id hex; log record = body string + ":" + time_unix_nano;
   metric point = metric name + ":" + time_unix_nano + ":" + sorted attributes k=v joined by ",".
-  `encodings` counts accepted requests by transport and compression (gRPC: the request's
-  `grpc-encoding` metadata; HTTP: `Content-Encoding`); `headers` counts the request headers (gRPC
+  `encodings` counts accepted requests by transport and, for HTTP, `Content-Encoding` (grpcio's
+  server decompresses before any handler sees the call and does not say how the message came:
+  `--grpc-no-compression` makes it refuse compressed messages instead, so a test can tell);
+  `headers` counts the request headers (gRPC
   metadata) of accepted requests as "name: value" lines, lower-case names, except those that
   change per request or only frame it (HEADERS_NOT_RECORDED) - so tests can check that export
   headers such as `authorization` arrive.
@@ -292,11 +294,8 @@ def _grpc_handler(recorder: Recorder) -> grpc.GenericRpcHandler:
                 message = request_type.FromString(request)
             except Exception:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "payload does not decode")
-            metadata = context.invocation_metadata() or ()
-            compression = next((v for k, v in metadata if k == "grpc-encoding"), "identity")
-            accepted, rejected = recorder.record(
-                name, message, len(request), f"grpc:{compression}", _recorded_headers(metadata)
-            )
+            headers = _recorded_headers(context.invocation_metadata() or ())
+            accepted, rejected = recorder.record(name, message, len(request), "grpc", headers)
             if not accepted:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many items (max_items)")
             return _response(name, response_type, rejected)
@@ -412,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-items", type=int, default=0, help="'too large' above N items (0: off)")
     parser.add_argument("--fail-every", type=int, default=0, help="fail every K-th request (0: off)")
     parser.add_argument("--partial-reject", type=int, default=0, help="partial_success rejected count")
+    parser.add_argument(
+        "--grpc-no-compression",
+        action="store_true",
+        help="refuse compressed gRPC messages (UNIMPLEMENTED), to prove a client compresses",
+    )
     parser.add_argument("--tls-cert", help="serve TLS on both ports with this PEM certificate")
     parser.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     parser.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
@@ -430,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16),
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            # Bit 0 = identity only: grpc core then answers UNIMPLEMENTED to a gzip message.
+            *([("grpc.compression_enabled_algorithms_bitset", 1)] if args.grpc_no_compression else []),
+        ],
     )
     grpc_server.add_generic_rpc_handlers((_grpc_handler(recorder),))
     if args.tls_cert:
