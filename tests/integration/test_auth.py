@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +23,9 @@ from google.rpc import status_pb2
 
 from otlp_ingest.loadgen import PayloadFactory
 from otlp_ingest.otlp.signals import SIGNAL_BY_NAME, SIGNALS
-from tests.conftest import REPO_ROOT, ServerProcess, http_get, wait_until
+from tests.conftest import ServerProcess, http_get, wait_until
 from tests.faults.load import Load
+from tests.integration.test_supervisor import _serve as serve_until_exit
 from tests.support.backend import RecordingBackend
 from tests.support.reconcile import ACKED, FAILED, Ledger, reconcile
 
@@ -230,27 +229,14 @@ def test_admin_endpoints_stay_open(stack) -> None:
 # --- start-up errors ---------------------------------------------------------------------------
 
 
-def _serve(env_extra: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTLP_", "OTEL_"))}
-    env.update({"PYTHONPATH": str(REPO_ROOT), "OTLP_BIND": "127.0.0.1", "OTLP_ADMIN_PORT": "0"}, **env_extra)
-    return subprocess.run(
-        [sys.executable, "-m", "otlp_ingest", "serve"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_unreadable_or_empty_tokens_file_is_a_clear_start_up_error(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-file"
-    result = _serve({"OTLP_AUTH_TOKENS_FILE": str(missing)}, tmp_path)
+    result = serve_until_exit(tmp_path, {"OTLP_AUTH_TOKENS_FILE": str(missing)})
     assert result.returncode == 2, result.stderr
     assert f"OTLP_AUTH_TOKENS_FILE={missing}: cannot read (No such file or directory)" in result.stderr
     empty = tmp_path / "tokens"
     empty.write_text("# the operator forgot to fill this in\n\n")
-    result = _serve({"OTLP_AUTH_TOKENS_FILE": str(empty)}, tmp_path)
+    result = serve_until_exit(tmp_path, {"OTLP_AUTH_TOKENS_FILE": str(empty)})
     assert result.returncode == 2, result.stderr
     assert f"OTLP_AUTH_TOKENS_FILE={empty}: no tokens" in result.stderr
     assert "started (pid" not in result.stderr  # refused before any child
