@@ -13,6 +13,7 @@ them); it raises `ConfigError` naming every bad setting at once.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from typing import Literal
@@ -24,6 +25,7 @@ from otlp_ingest.errors import ConfigError
 MiB = 1024 * 1024
 
 ExportProtocol = Literal["grpc", "http/protobuf"]
+ExportCompression = Literal["none", "gzip", "zstd"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -62,7 +64,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Backend. Unset endpoint -> file sink in data_dir.
     endpoint: str | None = None
     export_protocol: ExportProtocol = "grpc"
+    # Sent with every export request (gRPC metadata / HTTP headers), e.g. the upstream's bearer
+    # token when gateways are chained. Env form as OTEL_EXPORTER_OTLP_HEADERS (URL-decoded).
     export_headers: dict[str, str] = {}
+    # gzip: both protocols; zstd: http/protobuf only (grpcio's client offers no zstd).
+    export_compression: ExportCompression = "none"
     export_timeout: float = 10.0  # one send attempt
     export_insecure: bool = True  # plaintext gRPC/HTTP unless the endpoint says https
     # TLS towards the backend (used when the endpoint is https://, or bare with insecure=false).
@@ -120,6 +126,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
+    # Bearer-token authentication on both OTLP ports (otlp_ingest.auth documents the file format).
+    # Unset -> no authentication. Re-read on SIGHUP and when the file changes, without restarts.
+    auth_tokens_file: str | None = None
 
     # Lifecycle.
     shutdown_timeout: float = 30.0  # SIGTERM -> exit, all stages together
@@ -138,6 +147,7 @@ ENV_NAMES: dict[str, str] = {
     "endpoint": "OTLP_ENDPOINT",
     "export_protocol": "OTLP_EXPORT_PROTOCOL",
     "export_headers": "OTLP_EXPORT_HEADERS",  # "k1=v1,k2=v2"
+    "export_compression": "OTLP_EXPORT_COMPRESSION",
     "export_timeout": "OTLP_EXPORT_TIMEOUT",
     "export_insecure": "OTLP_EXPORT_INSECURE",
     "export_ca_file": "OTLP_EXPORT_CA_FILE",
@@ -173,6 +183,7 @@ ENV_NAMES: dict[str, str] = {
     "tls_cert_file": "OTLP_TLS_CERT_FILE",
     "tls_key_file": "OTLP_TLS_KEY_FILE",
     "tls_client_ca_file": "OTLP_TLS_CLIENT_CA_FILE",
+    "auth_tokens_file": "OTLP_AUTH_TOKENS_FILE",
     "shutdown_timeout": "OTLP_SHUTDOWN_TIMEOUT",
     "log_level": "OTLP_LOG_LEVEL",
     "data_dir": "OTLP_DATA_DIR",
@@ -226,6 +237,7 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "export_protocol": ("grpc", "http/protobuf"),
+    "export_compression": ("none", "gzip", "zstd"),
     "log_level": ("debug", "info", "warning", "error"),
 }
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -330,34 +342,78 @@ def _parse_bool(value: object) -> bool:
     raise _Bad("not a boolean (expected true or false)")
 
 
-def _parse_headers(value: object) -> dict[str, str]:
-    """`k1=v1,k2=v2` (the OTEL_EXPORTER_OTLP_HEADERS form) or a mapping from a file."""
+# OTEL_EXPORTER_OTLP_HEADERS syntax, as the OpenTelemetry SDKs parse it (the exporter spec's
+# "Specifying headers via environment variables": W3C Baggage without properties). A key is an
+# HTTP token; a value is URL-encoded (no blanks, no `,;/"\`) and decoded, or, like the Python
+# SDK's liberal mode, plain text with blanks, taken as written.
+_HEADER_DELIMITER = re.compile(r"[ \t]*,[ \t]*")
+_HEADER_KEY = r"[\x21\x23-\x27\x2a\x2b\x2d\x2e\x30-\x39\x41-\x5a\x5e-\x7a\x7c\x7e]+"
+_HEADER_ENCODED = re.compile(
+    rf"[ \t]*({_HEADER_KEY})[ \t]*=[ \t]*([\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*)[ \t]*"
+)
+_HEADER_LIBERAL = re.compile(
+    rf"[ \t]*({_HEADER_KEY})[ \t]*=[ \t]*([\x20\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*)[ \t]*"
+)
+# Set by the exporter itself (or hop-by-hop, or grpc's own): a copy would clash or break framing.
+_RESERVED_HEADERS = {
+    "content-type", "content-length", "content-encoding", "transfer-encoding", "host", "connection",
+    "te", "user-agent", "grpc-encoding", "grpc-accept-encoding", "grpc-timeout",
+}  # fmt: skip
+_HEADERS_EXPECTED = "expected key1=value1,key2=value2 with URL-encoded values, as OTEL_EXPORTER_OTLP_HEADERS"
+
+
+def _check_header(key: str, value: str) -> None:
+    if key in _RESERVED_HEADERS or key.startswith("grpc-"):
+        raise _Bad(f"header {key!r} is set by the exporter itself ({_HEADERS_EXPECTED})")
+    # Decoded values reach http.client and grpc metadata as is: no control characters (%0A would
+    # otherwise inject a header line) and nothing outside ASCII (grpc refuses it per call).
+    if any(not 0x20 <= ord(c) <= 0x7E for c in value):
+        raise _Bad(f"header {key!r}: the value has control or non-ASCII characters ({_HEADERS_EXPECTED})")
+
+
+def parse_headers(value: object) -> dict[str, str]:
+    """`k1=v1,k2=v2` (the OTEL_EXPORTER_OTLP_HEADERS form, URL-decoded like the SDKs) or a mapping
+    from a config file (taken as written). Keys are lower-cased. Unlike the SDKs, which skip a bad
+    entry with a warning, a bad entry is an error: a silently missing auth header would only show
+    as 401s from the backend."""
+    from urllib.parse import unquote
+
     if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    headers: dict[str, str] = {}
-    for part in str(value).split(","):
-        if not part.strip():
-            continue
-        key, sep, val = part.partition("=")
-        if not sep or not key.strip():
-            raise _Bad("not a header list (expected key1=value1,key2=value2)")
-        headers[key.strip().lower()] = val.strip()
+        headers = {str(k).strip().lower(): str(v).strip() for k, v in value.items()}
+    else:
+        headers = {}
+        for part in _HEADER_DELIMITER.split(str(value)):
+            if not part.strip():
+                continue
+            encoded = _HEADER_ENCODED.fullmatch(part)
+            if encoded:
+                key, val = unquote(encoded.group(1)).lower(), unquote(encoded.group(2)).strip()
+            else:
+                liberal = _HEADER_LIBERAL.fullmatch(part)
+                if not liberal:
+                    raise _Bad(f"not a header list ({_HEADERS_EXPECTED})")
+                key, val = liberal.group(1).lower(), liberal.group(2).strip()
+            headers[key] = val
+    for key, val in headers.items():
+        if not re.fullmatch(_HEADER_KEY, key):
+            raise _Bad(f"header name {key!r} is not an HTTP token ({_HEADERS_EXPECTED})")
+        _check_header(key, val)
     return headers
 
 
-def _parse_file(value: object) -> str | None:
+def _parse_file(value: object, what: str = "PEM file") -> str | None:
     """A readable file path (empty -> None). Opened and closed here so a typo or a missing
     Secret mount fails at start-up (or is refused on reload), not in the first TLS handshake."""
     if value is None or not str(value).strip():
         return None
     path = str(value).strip()
     if os.path.isdir(path):
-        raise _Bad("is a directory (expected a readable PEM file)")
+        raise _Bad(f"is a directory (expected a readable {what})")
     try:
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise _Bad(f"cannot read ({exc.strerror}) (expected a readable PEM file)") from None
+        raise _Bad(f"cannot read ({exc.strerror}) (expected a readable {what})") from None
     return path
 
 
@@ -418,9 +474,11 @@ def _parse_field(name: str, value: object) -> object:
     if name == "export_insecure":
         return _parse_bool(value)
     if name == "export_headers":
-        return _parse_headers(value)
+        return parse_headers(value)
     if name in _FILE_FIELDS:
         return _parse_file(value)
+    if name == "auth_tokens_file":
+        return _parse_file(value, "tokens file")
     if name == "endpoint":
         if value is None or not str(value).strip():
             return None
@@ -580,6 +638,23 @@ def _cross_checks(values: dict[str, object], raws: dict[str, object], sources: d
             "(expected exporters <= workers: each exporter drains whole worker rings)"
         )
     problems.extend(_tls_checks(get, shown))
+    if get("export_compression") == "zstd" and get("export_protocol") != "http/protobuf":
+        # grpcio's channels compress with gzip or deflate only, and a hand-compressed message would
+        # need the gRPC frame's compressed flag, which grpcio does not let a caller set.
+        problems.append(
+            f"{shown('export_compression')}: zstd is only sent over http/protobuf, not "
+            f"{shown('export_protocol')} (expected gzip or none for grpc, or "
+            f"{ENV_NAMES['export_protocol']}=http/protobuf)"
+        )
+    if get("auth_tokens_file") is not None:
+        from otlp_ingest.auth import TokenFileError, load_tokens_file
+
+        try:
+            load_tokens_file(str(get("auth_tokens_file")))
+        except TokenFileError as exc:
+            # The message starts with the path, already shown by `shown`.
+            reason = str(exc).removeprefix(f"{get('auth_tokens_file')}: ")
+            problems.append(f"{shown('auth_tokens_file')}: {reason}")
     return problems
 
 

@@ -48,6 +48,15 @@ class PayloadTooLarge(PermanentError):
     """Body above the size limit, before or after decompression."""
 
 
+class Unauthenticated(PermanentError):
+    """The request carries no valid bearer token (`otlp_ingest.auth`). Decided before the body is
+    read. `challenge` is the HTTP `WWW-Authenticate` value to send with the 401."""
+
+    def __init__(self, message: str, challenge: str = "Bearer") -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+
 class NotFound(PermanentError):
     """Unknown path or method."""
 

@@ -6,7 +6,9 @@ rows matters only for subclasses: the first row whose type matches wins.
 
 Per the OTLP specification (opentelemetry-proto docs/specification.md): malformed data is
 INVALID_ARGUMENT / 400 and never retryable; overload is UNAVAILABLE + RetryInfo / 503 +
-Retry-After; a request that is too large is RESOURCE_EXHAUSTED *without* RetryInfo / 413.
+Retry-After; a request that is too large is RESOURCE_EXHAUSTED *without* RetryInfo / 413; a
+missing or wrong bearer token is UNAUTHENTICATED / 401, never retryable (the OTLP clients treat
+both as permanent: retrying with the same credentials cannot help).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], WireStatus], ...] = (
     (errors.UnsupportedMediaType, WireStatus(GrpcCode.INVALID_ARGUMENT, 415, False)),
     (errors.UnsupportedEncoding, WireStatus(GrpcCode.INVALID_ARGUMENT, 415, False)),
     (errors.PayloadTooLarge, WireStatus(GrpcCode.RESOURCE_EXHAUSTED, 413, False)),
+    (errors.Unauthenticated, WireStatus(GrpcCode.UNAUTHENTICATED, 401, False)),
     (errors.NotFound, WireStatus(GrpcCode.UNIMPLEMENTED, 404, False)),
     (errors.MethodNotAllowed, WireStatus(GrpcCode.UNIMPLEMENTED, 405, False)),
     (errors.PermanentError, WireStatus(GrpcCode.INVALID_ARGUMENT, 400, False)),

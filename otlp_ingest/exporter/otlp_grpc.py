@@ -10,6 +10,10 @@ Endpoint forms: "host:port" (plaintext unless settings.export_insecure is False)
 settings.export_ca_file (else grpc's default roots) and presents settings.export_cert_file/key_file
 as a client certificate when set (mTLS). The files are read when the sender is built, i.e. when the
 exporter process starts, so a rolling restart (SIGHUP) picks up rotated files.
+
+settings.export_headers travel as metadata on every call (e.g. `authorization` for an upstream
+gateway); settings.export_compression "gzip" compresses every message (grpcio's channel-level
+gzip; config refuses "zstd" for gRPC: grpcio cannot send it).
 """
 
 from __future__ import annotations
@@ -61,10 +65,13 @@ class GrpcSender:
             # Fail fast and let retry.py back off, rather than grpc's own hidden reconnect waits.
             ("grpc.enable_retries", 0),
         ]
+        compression = grpc.Compression.Gzip if settings.export_compression == "gzip" else None
         if tls:
-            self._channel = grpc.secure_channel(target, channel_credentials(settings), options=options)
+            self._channel = grpc.secure_channel(
+                target, channel_credentials(settings), options=options, compression=compression
+            )
         else:
-            self._channel = grpc.insecure_channel(target, options=options)
+            self._channel = grpc.insecure_channel(target, options=options, compression=compression)
         self._timeout = settings.export_timeout
         # gRPC metadata keys must be lowercase.
         self._metadata = tuple((k.lower(), v) for k, v in settings.export_headers.items()) or None

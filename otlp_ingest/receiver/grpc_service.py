@@ -10,8 +10,14 @@ frame ending the stream) with `grpc-status`, a percent-encoded `grpc-message` an
 the client should retry; codes come from `otlp_ingest.status`.
 
 The request body is decoded once, by `validate` (no request deserializer), and the response is
-built from bytes prepared once per signal. Decompression (`grpc-encoding: gzip | deflate`) is ours,
-capped at `grpc_max_recv_bytes` like the compressed message (RESOURCE_EXHAUSTED, no RetryInfo).
+built from bytes prepared once per signal. Decompression (`grpc-encoding: gzip | zstd | deflate`,
+which grpcio's own server could not offer for zstd) is ours, capped at `grpc_max_recv_bytes` like
+the compressed message (RESOURCE_EXHAUSTED, no RetryInfo).
+
+Authentication (`otlp_ingest.auth`, with settings.auth_tokens_file): an Export call's
+`authorization: Bearer <token>` metadata is checked right after its path, before its encoding,
+the memory limiter, the in-flight limit or its message: a missing or unknown token is answered
+UNAUTHENTICATED (+ google.rpc.Status) and takes no in-flight slot.
 
 Overload (docs/hostile-input.md): at most `in_flight_limit` Export calls are admitted per worker
 at once (headers seen, not yet answered); beyond it a call is refused with UNAVAILABLE +
@@ -27,6 +33,7 @@ import logging
 from urllib.parse import quote
 
 from otlp_ingest import errors
+from otlp_ingest.auth import TokenStore
 from otlp_ingest.config import Settings
 from otlp_ingest.otlp.signals import SIGNALS, Signal
 from otlp_ingest.receiver.dispatch import Done, ExportRunner, should_offload
@@ -46,8 +53,8 @@ _stall_log = RateLimitedLogger(log)
 
 _OVERLOAD_RETRY_AFTER = 1.0
 # grpc-encoding values we decompress (the compressed flag of a message must match one of them).
-_ENCODINGS = {b"identity": "identity", b"gzip": "gzip", b"deflate": "deflate"}
-ACCEPT_ENCODING = b"identity,gzip,deflate"
+_ENCODINGS = {b"identity": "identity", b"gzip": "gzip", b"deflate": "deflate", b"zstd": "zstd"}
+ACCEPT_ENCODING = b"identity,gzip,deflate,zstd"
 _STATUS_200 = b"\x88"  # ":status: 200", static table index 8 (RFC 7541 Appendix A)
 _CONTENT_TYPE = (b"content-type", b"application/grpc")
 RESPONSE_HEADERS = _STATUS_200 + encode_literal([_CONTENT_TYPE, (b"grpc-accept-encoding", ACCEPT_ENCODING)])
@@ -85,9 +92,16 @@ def http_error_block(status: int) -> bytes:
 class GrpcReceiver:
     """The `StreamHandler` of the gRPC port: one worker's OTLP Export methods."""
 
-    def __init__(self, service: ExportService, runner: ExportRunner, settings: Settings) -> None:
+    def __init__(
+        self,
+        service: ExportService,
+        runner: ExportRunner,
+        settings: Settings,
+        tokens: TokenStore | None = None,
+    ) -> None:
         self.service = service
         self.runner = runner
+        self.tokens = tokens
         self.max_message = settings.grpc_max_recv_bytes
         self.in_flight = 0
         self.limit = grpc_in_flight_limit(settings, memory_limits(settings))
@@ -111,10 +125,18 @@ class GrpcReceiver:
         if signal is None:
             self._unimplemented(conn, stream, path)
             return
+        if self.tokens is not None:  # first: an unauthenticated client learns nothing more
+            try:
+                self.tokens.check(headers.get(b"authorization"), "grpc")  # counts both outcomes
+            except errors.Unauthenticated as exc:
+                self._abort(conn, stream, signal, exc)  # no in-flight slot, the body unread
+                return
         encoding = _ENCODINGS.get(headers.get(b"grpc-encoding", b"identity"))
         if encoding is None:
             shown = headers.get(b"grpc-encoding", b"").decode("latin-1")
-            exc = errors.UnsupportedEncoding(f"grpc-encoding {shown!r} not supported; use gzip or deflate")
+            exc = errors.UnsupportedEncoding(
+                f"grpc-encoding {shown!r} not supported; use gzip, zstd or deflate"
+            )
             self._fail(conn, stream, signal, exc, GrpcCode.UNIMPLEMENTED)
             return
         if self.service.memory_refusing():  # before the body: it would only add to it

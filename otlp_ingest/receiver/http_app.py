@@ -6,9 +6,14 @@ is then discarded) or waiting for its body. The connection feeds body chunks to
 `Exchange.chunk` (which may refuse mid-body) and calls `Exchange.complete(done)` at the end of the
 message; `done(response)` is called once with the answer, inline for small bodies.
 
+Authentication (`otlp_ingest.auth`, with settings.auth_tokens_file): right after routing, before
+anything about the body, `Authorization: Bearer <token>` is checked; a missing or unknown token
+gets 401 + `WWW-Authenticate` + a google.rpc.Status (UNAUTHENTICATED) and the connection closes
+with the body unread.
+
 Rules (design.md section 4): POST /v1/traces, /v1/metrics, /v1/logs; Content-Type
 application/x-protobuf or application/json (parameters allowed), else 415; unknown path 404,
-wrong method 405 (with `Allow: POST`); `Content-Encoding` gzip/deflate/identity, else 415; the
+wrong method 405 (with `Allow: POST`); `Content-Encoding` gzip/zstd/deflate/identity, else 415; the
 body limit applies before and after decompression (413, connection closed: the rest of the body
 may still be on its way). The response uses the request's content type; errors carry a
 `google.rpc.Status` (protobuf or JSON like the request) and, when retryable, `Retry-After`.
@@ -34,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from otlp_ingest import errors
+from otlp_ingest.auth import TokenStore
 from otlp_ingest.config import Settings
 from otlp_ingest.otlp.signals import SIGNAL_BY_PATH, SIGNALS, Signal
 from otlp_ingest.receiver.dispatch import Done, ExportRunner, should_offload
@@ -145,10 +151,13 @@ def error_response(exc: BaseException, fmt: ContentFormat, context: str = "") ->
         headers.append(b"retry-after: %d" % retry)
     if isinstance(exc, errors.MethodNotAllowed):
         headers.append(b"allow: POST")
+    if isinstance(exc, errors.Unauthenticated):
+        headers.append(b"www-authenticate: " + exc.challenge.encode("latin-1"))
     code = int(wire.grpc_code)
     body = status_bytes(code, message, retry) if fmt == "protobuf" else status_json(code, message, retry)
-    # Too large: the rest of the body may still be on its way; do not try to reuse the connection.
-    close = isinstance(exc, errors.PayloadTooLarge)
+    # Too large: the rest of the body may still be on its way; unauthenticated: it is never read.
+    # Either way, do not try to reuse the connection.
+    close = isinstance(exc, errors.PayloadTooLarge | errors.Unauthenticated)
     return response(wire.http_status, _MEDIA_TYPE[fmt], body, tuple(headers), close)
 
 
@@ -271,9 +280,16 @@ class Exchange:
 class OtlpHttpApp:
     """The OTLP/HTTP routes of one worker: three POST paths, the body limit and budget."""
 
-    def __init__(self, service: ExportService, runner: ExportRunner, settings: Settings) -> None:
+    def __init__(
+        self,
+        service: ExportService,
+        runner: ExportRunner,
+        settings: Settings,
+        tokens: TokenStore | None = None,
+    ) -> None:
         self.service = service
         self.runner = runner
+        self.tokens = tokens
         self.limit = settings.http_max_body_bytes
         slots = http_body_slots(settings, memory_limits(settings))
         self.budget = BodyBudget(slots * BODY_FACTOR * self.limit)
@@ -303,6 +319,11 @@ class OtlpHttpApp:
         if method != b"POST":
             exc = errors.MethodNotAllowed(f"method {method.decode('latin-1')} not allowed; use POST")
             return Exchange.refused(self, error_response(exc, _reply_format(content_type)))
+        if self.tokens is not None:  # first: an unauthenticated client learns nothing more
+            try:
+                self.tokens.check(headers.get(b"authorization"), "http")  # counts both outcomes
+            except errors.Unauthenticated as exc:
+                return Exchange.refused(self, error_response(exc, _reply_format(content_type)))
         exchange = Exchange(self, signal, "json", "identity")
         try:
             exchange.fmt = content_format(content_type)

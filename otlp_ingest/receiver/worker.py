@@ -23,6 +23,12 @@ Connection ageing (issue "traffic that follows the HPA"): gRPC connections get G
 that passes `http_max_connection_age` or `http_max_connection_requests`. Clients reconnect, and
 SO_REUSEPORT / the Service spread them again.
 
+Authentication (settings.auth_tokens_file, `otlp_ingest.auth`): the worker loads its token store
+at boot (a bad file: exit CHILD_BOOT) and hands it to both transports. SIGUSR1 (sent by the
+supervisor when the tokens changed) only flags a reload; the event loop then re-reads the tokens,
+and so would the next request: no listener or connection is touched. The handler is installed
+even without authentication: SIGUSR1's default action would kill the worker.
+
 Connections per worker: at most `connection_limit()` on each port (half of the file descriptors
 left after a reserve each), closed at once beyond it.
 """
@@ -41,6 +47,7 @@ from collections.abc import Callable
 
 import uvloop
 
+from otlp_ingest.auth import TokenFileError, TokenStore
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
 from otlp_ingest.queue import open_writer, parse_queue
@@ -118,6 +125,12 @@ def run_worker(
     """
     stop = threading.Event()
     wakeups: list[Callable[[], None]] = []
+    reloads: list[Callable[[], None]] = []
+    try:
+        tokens = TokenStore.for_worker(settings)
+    except TokenFileError as exc:
+        log.error("worker %d cannot load the bearer tokens: %s", worker_index, exc)
+        return ExitCode.CHILD_BOOT
 
     def on_signal(signum: int, frame: object) -> None:
         # Only record the request; the event loop does the work.
@@ -125,9 +138,16 @@ def run_worker(
         for wake in wakeups:
             wake()
 
+    def on_reload(signum: int, frame: object) -> None:
+        if tokens is not None:
+            tokens.request_reload()
+            for wake in reloads:
+                wake()
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_reload)
     try:
-        return _run(settings, worker_index, ring_name, notify_ready, stop, wakeups)
+        return _run(settings, worker_index, ring_name, notify_ready, stop, wakeups, tokens, reloads)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -155,6 +175,8 @@ def _run(
     notify_ready: Callable[[], None],
     stop: threading.Event,
     wakeups: list[Callable[[], None]],
+    tokens: TokenStore | None,
+    reloads: list[Callable[[], None]],
 ) -> int:
     try:
         writer = open_writer(parse_queue(ring_name), settings)
@@ -188,6 +210,8 @@ def _run(
                     notify_ready,
                     stop,
                     wakeups,
+                    tokens,
+                    reloads,
                 )
             )
     finally:
@@ -208,10 +232,14 @@ async def _serve(
     notify_ready: Callable[[], None],
     stop: threading.Event,
     wakeups: list[Callable[[], None]],
+    tokens: TokenStore | None,
+    reloads: list[Callable[[], None]],
 ) -> None:
     loop = asyncio.get_running_loop()
     woken = asyncio.Event()
     wakeups.append(lambda: loop.call_soon_threadsafe(woken.set))
+    if tokens is not None:
+        reloads.append(lambda: loop.call_soon_threadsafe(tokens.reload_if_requested))
     runner = ExportRunner(service, loop)
     clock = time.monotonic
     limit = connection_limit()
@@ -225,8 +253,8 @@ async def _serve(
         max_connections=limit,
         max_requests=settings.http_max_connection_requests,
     )
-    grpc_receiver = GrpcReceiver(service, runner, settings)
-    http_app = OtlpHttpApp(service, runner, settings)
+    grpc_receiver = GrpcReceiver(service, runner, settings, tokens)
+    http_app = OtlpHttpApp(service, runner, settings, tokens)
     h2_connections: set[H2Connection] = set()
     http_connections: set[HttpConnection] = set()
 

@@ -8,6 +8,8 @@ Children are started with fork+exec (`subprocess.Popen([sys.executable, "-m", "o
 - `OTLP_INGEST_SUPERVISOR_PID`: the supervisor's pid, so a child can tell that its parent died
   before its death signal was armed (comparing `getppid()` with 1 fails when the supervisor *is*
   PID 1, as in a container),
+- for workers with bearer-token authentication on, `OTLP_INGEST_AUTH_DIGESTS_FILE`: the
+  supervisor's validated copy of the tokens (otlp_ingest.auth; passed as `extra_env`),
 - `OTLP_INGEST_DEADLINE_FILE`: where the supervisor writes its shutdown deadline
   (otlp_ingest.shutdown_deadline), so an exporter stops cleanly before the supervisor's kill,
 - `OTLP_INGEST_STATUS_DIR`: the run directory where it writes `status-<pid>.json` for the status
@@ -25,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from otlp_ingest.config import Settings, settings_to_json
@@ -63,6 +66,9 @@ class ChildSlot:
     last_exit_at: float = 0.0  # wall clock of that exit
     stopping: bool = False  # we sent SIGTERM (shutdown or rolling restart)
     rolling: bool = False  # restart immediately after it exits (SIGHUP reload)
+    # The supervisor's token generation this worker has been told about (started with, or sent
+    # SIGUSR1 for): behind the current one once ready -> it is told to re-read the tokens.
+    auth_generation: int = 0
     _buffer: bytes = field(default=b"", repr=False)
 
     @property
@@ -77,7 +83,9 @@ class ChildSlot:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    def start(self, settings: Settings, multiproc_dir: str) -> None:
+    def start(
+        self, settings: Settings, multiproc_dir: str, extra_env: Mapping[str, str] | None = None
+    ) -> None:
         """Fork+exec the child; the caller registers `ready_fd` with its selector."""
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
@@ -91,6 +99,7 @@ class ChildSlot:
         env["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
         env[DEADLINE_ENV] = deadline_path(multiproc_dir)
         env[STATUS_DIR_ENV] = multiproc_dir
+        env.update(extra_env or {})
         try:
             # Own process group: a Ctrl-C or `kill -- -pgid` aimed at the supervisor must not reach
             # the children directly, or exporters would drain while workers still accept data.

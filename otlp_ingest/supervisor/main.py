@@ -20,12 +20,26 @@ exporter k % exporters. Signal handlers only queue the signal and wake the loop 
   `shutdown_timeout`; then SIGKILL leftovers (exit 4) or exit 0. Empty rings are unlinked at exit;
   rings still holding acknowledged records are kept for the next start (queues.py).
 - SIGHUP: reload the config; if valid, restart workers one at a time, then exporters. An invalid
-  config is logged and the old one kept.
+  config is logged and the old one kept. When nothing but the bearer tokens changed (same
+  settings, same content in every TLS file: `file_fingerprints`), nothing restarts: the workers
+  are told to re-read the tokens (below). A SIGHUP that changes nothing at all still restarts
+  every child, as it always did.
+- Bearer tokens (settings.auth_tokens_file, otlp_ingest.auth): the supervisor reads and validates
+  the tokens file and writes the digests to `<multiprocess dir>/auth-token-digests`, which every
+  worker reads (env OTLP_INGEST_AUTH_DIGESTS_FILE). It re-reads the file on SIGHUP and whenever
+  its stat signature changes (polled every AUTH_POLL_INTERVAL: Kubernetes swaps a mounted
+  Secret's files in place, without any signal). A file that is unreadable, empty or malformed
+  keeps the previous tokens and the reason is logged (never a token). When the tokens changed,
+  the digest file is rewritten and every ready worker gets SIGUSR1 (a worker started meanwhile
+  is signalled once it is ready, so none keeps a stale copy): no connection is closed and no
+  request is lost.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import hashlib
 import logging
 import os
 import selectors
@@ -38,6 +52,7 @@ from collections.abc import Callable
 import msgspec
 from prometheus_client import multiprocess
 
+from otlp_ingest.auth import DIGESTS_ENV, TokenEntry, TokenFileError, load_tokens_file, write_digest_file
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ConfigError, ExitCode
 from otlp_ingest.queue import QueueSpec, wal_max_bytes
@@ -69,6 +84,45 @@ STRUCTURAL = (
     "admin_port",
 )
 ADOPTED_CHECK_INTERVAL = 1.0  # how often drained adopted rings are looked for
+# How often the tokens file's stat signature is checked. A stat costs microseconds; Kubernetes
+# takes up to a minute or so to propagate a Secret change anyway.
+AUTH_POLL_INTERVAL = 2.0
+DIGEST_FILE = "auth-token-digests"  # in the multiprocess dir (mkdtemp: mode 0700, ours alone)
+# Files the children read when they start: a change in their content needs a rolling restart.
+RELOADED_FILES = (
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "export_ca_file",
+    "export_cert_file",
+    "export_key_file",
+)
+
+
+def file_fingerprints(settings: Settings) -> dict[str, str]:
+    """SHA-256 of each file in RELOADED_FILES that the settings name ("unreadable" if it cannot
+    be read: then a reload restarts, and the children's own boot check names the file)."""
+    prints = {}
+    for field in RELOADED_FILES:
+        path = getattr(settings, field)
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as f:
+                prints[field] = hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            prints[field] = "unreadable"
+    return prints
+
+
+def _stat_signature(path: str) -> tuple[int, ...] | None:
+    """What changes when a file is rewritten or replaced (os.stat follows the symlinks a
+    Kubernetes Secret mount swaps); None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class Supervisor:
@@ -104,6 +158,13 @@ class Supervisor:
         self._started = time.monotonic()
         self._snapshot = TreeSnapshot(supervisor_pid=self.pid, started=self._started, settings=settings)
         self.memory: MemoryLimiter | None = None
+        self._fingerprints = file_fingerprints(settings)
+        # Bearer tokens in force (None: authentication off), their generation (bumped at every
+        # change) and the tokens file's stat signature when last read.
+        self._auth_entries: tuple[TokenEntry, ...] | None = None
+        self._auth_generation = 0
+        self._auth_stat: tuple[int, ...] | None = None
+        self._next_auth_poll = 0.0
 
     # --- public -------------------------------------------------------------------------------
 
@@ -147,6 +208,11 @@ class Supervisor:
         if stale:
             log.info("removed %d metrics dir(s) of dead supervisors", len(stale))
         self.multiproc_dir = tempfile.mkdtemp(prefix=f"{queues.METRICS_PREFIX}{self.owner}-")
+        try:
+            self._install_tokens(self._read_tokens(self.settings), self.settings.auth_tokens_file)
+        except (TokenFileError, OSError) as exc:  # validated at load: changed since, or /tmp full
+            log.error("cannot start: bearer tokens: %s", exc)
+            return ExitCode.CONFIG
         # Children inherit it; set here too so anything in this process uses the same directory
         # (restored at exit: a supervisor run inside another program must not leave it behind).
         self._env_multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -272,8 +338,12 @@ class Supervisor:
             self._start(slot)
 
     def _start(self, slot: ChildSlot) -> None:
+        extra_env = {}
+        if slot.role == "worker" and self._auth_entries is not None:
+            extra_env[DIGESTS_ENV] = self._digest_path()
+            slot.auth_generation = self._auth_generation
         try:
-            slot.start(self.settings, self.multiproc_dir)
+            slot.start(self.settings, self.multiproc_dir, extra_env)
         except OSError as exc:
             self._halt(f"cannot start {slot.name}: {exc}")
             return
@@ -302,6 +372,7 @@ class Supervisor:
             self._start_due(now)
             self._check_boot_timeouts(now)
             self._advance_roll()
+            self._poll_tokens(now)
         else:
             if self._shutdown_phase in ("workers", "exporters"):
                 self._start_due(now, roles=("exporter",))
@@ -329,6 +400,9 @@ class Supervisor:
             slot.close_ready_pipe()
 
     def _on_child_ready(self, slot: ChildSlot) -> None:
+        if slot.role == "worker" and slot.auth_generation != self._auth_generation:
+            # The tokens changed after it was started: it may have read the previous digests.
+            self._tell_workers_to_reload_tokens([slot])
         if (
             not self._workers_started
             and self._shutdown_phase is None
@@ -571,7 +645,25 @@ class Supervisor:
                 )
                 kept[name] = old_value
         new = msgspec.structs.replace(new, **kept)
+        try:
+            entries = self._read_tokens(new)
+        except TokenFileError as exc:  # validated by the load just now: it changed since
+            log.error("reload refused, keeping the running config and tokens: %s", exc)
+            return
+        fingerprints = file_fingerprints(new)
+        only_tokens = new == self.settings and fingerprints == self._fingerprints
+        if entries != self._auth_entries:
+            try:
+                self._install_tokens(entries, new.auth_tokens_file)
+            except OSError as exc:
+                log.error("reload refused, keeping the running config and tokens: cannot write %s: %s",
+                          self._digest_path(), exc)  # fmt: skip
+                return
+            if only_tokens:
+                log.info("reload: only the bearer tokens changed: no restart")
+                return
         self.settings = new
+        self._fingerprints = fingerprints
         configure_logging(new.log_level, "supervisor")
         # Workers first (one at a time, so the others keep serving), then exporters.
         self._roll_queue = [*self.workers, *self.exporters]
@@ -599,6 +691,76 @@ class Supervisor:
                 self._rolling = slot
                 return
             # Not running (waiting for a restart): it will start with the new settings anyway.
+
+    # --- bearer tokens ------------------------------------------------------------------------
+
+    def _digest_path(self) -> str:
+        return os.path.join(self.multiproc_dir, DIGEST_FILE)
+
+    def _read_tokens(self, settings: Settings) -> tuple[TokenEntry, ...] | None:
+        """The tokens of `settings` (None: authentication off). Raises TokenFileError."""
+        path = settings.auth_tokens_file
+        if not path:
+            return None
+        self._auth_stat = _stat_signature(path)  # before reading: a write after it is seen next poll
+        return load_tokens_file(path)
+
+    def _install_tokens(self, entries: tuple[TokenEntry, ...] | None, path: str | None) -> None:
+        """Make `entries` the tokens in force: write the workers' digest file and tell the ready
+        workers. Raises OSError when the digest file cannot be written (nothing changed then)."""
+        if entries is None:
+            if self._auth_entries is not None:
+                log.info("bearer-token authentication off")
+            self._auth_entries = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._digest_path())
+            return
+        write_digest_file(self._digest_path(), entries)
+        first = self._auth_entries is None
+        self._auth_entries = entries
+        self._auth_generation += 1
+        log.info(
+            "bearer tokens %s from %s: %d token(s), names: %s",
+            "loaded" if first else "changed",
+            path,
+            len(entries),
+            ", ".join(sorted({e.name for e in entries})),
+        )
+        if not first:
+            self._tell_workers_to_reload_tokens(self.workers)
+
+    def _tell_workers_to_reload_tokens(self, slots: list[ChildSlot]) -> None:
+        """SIGUSR1 to each ready worker (before ready its handler may not be installed yet:
+        `_on_child_ready` catches those up)."""
+        for slot in slots:
+            if slot.alive and slot.ready and not slot.stopping:
+                slot.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
+                slot.auth_generation = self._auth_generation
+
+    def _poll_tokens(self, now: float) -> None:
+        """Re-read the tokens file when its stat signature changed (see the module docstring)."""
+        path = self.settings.auth_tokens_file
+        if not path or now < self._next_auth_poll:
+            return
+        self._next_auth_poll = now + AUTH_POLL_INTERVAL
+        if _stat_signature(path) == self._auth_stat:
+            return
+        previous = len(self._auth_entries or ())
+        try:
+            entries = self._read_tokens(self.settings)
+        except TokenFileError as exc:
+            log.error(
+                "tokens file changed but cannot be used, keeping the previous %d token(s): %s", previous, exc
+            )
+            return
+        if entries == self._auth_entries:
+            log.debug("tokens file %s rewritten with the same tokens", path)
+            return
+        try:
+            self._install_tokens(entries, path)
+        except OSError as exc:
+            self._auth_stat = None  # try again at the next poll
+            log.error("cannot write %s, keeping the previous tokens: %s", self._digest_path(), exc)
 
     # --- state --------------------------------------------------------------------------------
 

@@ -63,6 +63,20 @@ RECEIVER_REQUESTS = Counter(
     "Export requests received, by outcome (ok, partial, invalid, too_large, unsupported, refused, error).",
     ("transport", "signal", "outcome"),
 )
+# Bearer-token authentication (otlp_ingest.auth, OTLP_AUTH_TOKENS_FILE). Refusals are counted per
+# transport only: the request never got as far as a signal, and a label from a client-chosen value
+# would let anyone grow the series. `token_name` is the name from the tokens file ("unnamed" for a
+# line without one), never the token.
+RECEIVER_UNAUTHENTICATED = Counter(
+    "otlp_receiver_unauthenticated_requests",
+    "OTLP requests refused because their bearer token was missing or not in the tokens file.",
+    ("transport",),
+)
+RECEIVER_AUTHENTICATED = Counter(
+    "otlp_receiver_authenticated_requests",
+    "OTLP requests whose bearer token was accepted, by the token's name in the tokens file.",
+    ("transport", "token_name"),
+)
 RECEIVER_REQUEST_DURATION = Histogram(
     "otlp_receiver_request_duration_seconds",
     "Time from a request's body being read to its response (ack latency inside the server).",

@@ -7,6 +7,8 @@ and the PrometheusRule's groups must equal deploy/prometheus/alerts.yml, which p
 
 from __future__ import annotations
 
+import base64
+import posixpath
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
+from otlp_ingest.auth import TokenFileError, parse_tokens
 from otlp_ingest.config import load_settings
 from tests.deploy import sync_prometheusrule
 from tests.deploy.crd_schemas import SCHEMAS
@@ -44,8 +47,12 @@ BUILTIN_KINDS = {
 
 
 def _builtin_kinds(overlay: Path) -> set[str]:
-    # Durable mode runs the pods as a StatefulSet (each with its own queue volume) instead.
-    return BUILTIN_KINDS - {"Deployment"} | {"StatefulSet"} if overlay == K8S_DURABLE else BUILTIN_KINDS
+    # Production adds the bearer tokens Secret; durable mode inherits it and runs the pods as a
+    # StatefulSet (each with its own queue volume) instead.
+    if overlay == K8S_BASE:
+        return BUILTIN_KINDS
+    kinds = BUILTIN_KINDS | {"Secret"}
+    return kinds - {"Deployment"} | {"StatefulSet"} if overlay == K8S_DURABLE else kinds
 
 
 @ALL_OVERLAYS
@@ -171,7 +178,29 @@ def test_production_overlay_adds_mtls_and_backend() -> None:
     settings = load_settings({}, find(objs, "ConfigMap")["data"])
     assert settings.endpoint, "production forwards to a backend"
     # The base's other volumes survive the strategic merge.
-    assert {v["name"] for v in pod["volumes"]} == {"tmp", "data", "shm", "tls"}
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "data", "shm", "tls", "auth"}
+
+
+@pytest.mark.parametrize("overlay", [K8S_PRODUCTION, K8S_DURABLE], ids=["production", "durable"])
+def test_bearer_tokens_secret_is_mounted_as_an_updatable_file_with_no_tokens_committed(overlay: Path) -> None:
+    objs = objects(overlay)
+    pod = workload(objs)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    path = env["OTLP_AUTH_TOKENS_FILE"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "auth")
+    # A directory mount: the kubelet updates it in place; a subPath mount would never change.
+    assert "subPath" not in mount and mount["readOnly"] is True
+    assert posixpath.dirname(path) == mount["mountPath"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "auth")["secret"]
+    secret = find(objs, "Secret", volume["secretName"])
+    # The name carries no content hash, so a token change updates the Secret rather than the pods.
+    assert secret["metadata"]["name"] == "otlp-ingest-auth"
+    assert set(secret["data"]) == {posixpath.basename(path)}
+    placeholder = base64.b64decode(secret["data"][posixpath.basename(path)]).decode()
+    # No token is committed: the placeholder parses to nothing (the server refuses to start).
+    with pytest.raises(TokenFileError, match="no tokens"):
+        parse_tokens(placeholder, "placeholder")
 
 
 def test_durable_overlay_statefulset_keeps_the_queue_on_a_volume() -> None:

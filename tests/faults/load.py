@@ -43,9 +43,13 @@ class SenderStats:
 class _Sender:
     """One connection sending `signal` requests of `items` items; `send` -> (outcome, hint, reason)."""
 
-    def __init__(self, transport: str, signal: str, server: ServerProcess) -> None:
+    def __init__(
+        self, transport: str, signal: str, server: ServerProcess, headers: dict[str, str] | None = None
+    ) -> None:
         self.transport = transport
         self.signal = signal
+        self._headers = {"Content-Type": "application/x-protobuf", **(headers or {})}
+        self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items()) or None
         info = SIGNALS[SIGNAL_BY_NAME[signal]]
         if transport == "grpc":
             self._channel = grpc.insecure_channel(
@@ -63,7 +67,7 @@ class _Sender:
     def send(self, body: bytes) -> tuple[str, float | None, str]:
         if self.transport == "grpc":
             try:
-                self._call(body, timeout=TIMEOUT_S)
+                self._call(body, timeout=TIMEOUT_S, metadata=self._metadata)
             except grpc.RpcError as e:
                 code = e.code()  # type: ignore[attr-defined]
                 hint = grpc_retry_delay(e.trailing_metadata())  # type: ignore[attr-defined]
@@ -77,7 +81,7 @@ class _Sender:
             # The server may answer before reading the body (503 while over the memory limit)
             # and close: like urllib3, read that early answer before calling it a failure.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self._conn.request("POST", self._path, body, {"Content-Type": "application/x-protobuf"})
+                self._conn.request("POST", self._path, body, self._headers)
             response = self._conn.getresponse()
             response.read()
         except (OSError, http.client.HTTPException) as e:
@@ -116,6 +120,7 @@ class Load:
         rate: float | None = 40.0,
         pause: float = 0.05,
         name: str = "",
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.server = server
         self.ledger = ledger
@@ -124,6 +129,7 @@ class Load:
         self.rate = rate
         self.pause = pause
         self.name = name
+        self.headers = headers  # sent with every request (gRPC metadata, lower-cased keys)
         self.stop_event = threading.Event()
         self.stats: dict[str, SenderStats] = {}
         self._threads: list[threading.Thread] = []
@@ -145,7 +151,7 @@ class Load:
         factory = PayloadFactory(signal, self.items)
         run_id = os.urandom(8)
         stats = self.stats[sender_name]
-        sender = _Sender(transport, signal, self.server)
+        sender = _Sender(transport, signal, self.server, self.headers)
         interval = 1.0 / self.rate if self.rate else 0.0
         next_due = time.monotonic()
         try:

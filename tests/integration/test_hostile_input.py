@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 import pytest
+import zstandard
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -304,6 +305,20 @@ def deflate_bomb() -> bytes:
     return body
 
 
+def zstd_bomb() -> bytes:
+    # The frame declares its 2 MiB content size: it must not be trusted (nor used to allocate).
+    body = zstandard.ZstdCompressor(level=19).compress(b"\0" * (LIMIT + MiB))
+    assert len(body) < 4 * KiB
+    return body
+
+
+def zstd_big_window() -> bytes:
+    # A 16 MiB window (the content is 64 random bytes repeated, so matches reach back far):
+    # over the 8 MiB RFC 9659 allows for the zstd content coding, refused before decoding.
+    params = zstandard.ZstdCompressionParameters(window_log=24)
+    return zstandard.ZstdCompressor(compression_params=params).compress(os.urandom(64) * 300_000)
+
+
 VALID_PB = one_span().SerializeToString()
 TRUNCATED_PB = samples.build(Signal.TRACES, 3).SerializeToString()
 TRUNCATED_PB = TRUNCATED_PB[: len(TRUNCATED_PB) // 2]
@@ -401,6 +416,18 @@ ROWS: dict[str, Row] = {
     ),
     "gzip-truncated": Row(gzip.compress(VALID_PB)[:-6], 400, headers=(("Content-Encoding", "gzip"),)),
     "gzip-not-gzip": Row(VALID_PB, 400, headers=(("Content-Encoding", "gzip"),)),
+    "zstd-bomb": Row(zstd_bomb, 413, headers=(("Content-Encoding", "zstd"),)),
+    "zstd-truncated": Row(
+        zstandard.ZstdCompressor().compress(VALID_PB)[:-3], 400, headers=(("Content-Encoding", "zstd"),)
+    ),
+    "zstd-not-zstd": Row(VALID_PB, 400, headers=(("Content-Encoding", "zstd"),)),
+    "zstd-window-over-8-mib": Row(zstd_big_window, 400, headers=(("Content-Encoding", "zstd"),)),
+    "zstd-valid": Row(
+        zstandard.ZstdCompressor().compress(VALID_PB),
+        200,
+        headers=(("Content-Encoding", "zstd"),),
+        rejected=0,
+    ),
     "content-encoding-unknown": Row(VALID_PB, 415, headers=(("Content-Encoding", "br"),)),
     "content-type-wrong": Row(VALID_PB, 415, "text/plain"),
     "content-type-missing": Row(VALID_PB, 415, None),

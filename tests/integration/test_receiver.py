@@ -24,6 +24,7 @@ import grpc
 import msgspec
 import pytest
 import requests
+import zstandard
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
@@ -410,6 +411,36 @@ def test_http_gzip_and_deflate_bodies(w: Worker) -> None:
     assert [r.payload for r in w.drain()] == [body, body]
 
 
+def test_http_zstd_bodies_protobuf_and_json(w: Worker) -> None:
+    body = spans_request(20).SerializeToString()
+    r = post(w, "/v1/traces", zstandard.ZstdCompressor().compress(body), **{"Content-Encoding": "zstd"})
+    assert r.status_code == 200
+    two_frames = zstandard.ZstdCompressor().compress(body[:50]) + zstandard.ZstdCompressor().compress(
+        body[50:]
+    )
+    assert post(w, "/v1/traces", two_frames, **{"Content-Encoding": "zstd"}).status_code == 200
+    as_json = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
+        {"traceId": "0" * 31 + "1", "spanId": "0" * 15 + "1", "name": "z"}]}]}]}).encode()  # fmt: skip
+    r = post(w, "/v1/traces", zstandard.ZstdCompressor().compress(as_json), "application/json",
+             **{"Content-Encoding": "zstd"})  # fmt: skip
+    assert r.status_code == 200
+    records = w.drain()
+    assert [r.payload for r in records[:2]] == [body, body]
+    assert records[2].item_count == 1
+
+
+def test_http_413_zstd_bomb_and_400_truncated_zstd(w: Worker) -> None:
+    bomb = zstandard.ZstdCompressor().compress(b"\x00" * (20 * LIMIT))  # ~1 KiB, declares 20 MiB
+    assert len(bomb) < LIMIT // 100
+    r = post(w, "/v1/traces", bomb, **{"Content-Encoding": "zstd"})
+    assert r.status_code == 413
+    frame = zstandard.ZstdCompressor().compress(spans_request(200).SerializeToString())
+    r = post(w, "/v1/traces", frame[:-3], **{"Content-Encoding": "zstd"})
+    assert r.status_code == 400
+    assert "zstd" in status_pb2.Status.FromString(r.content).message
+    assert w.drain() == []
+
+
 def test_http_413_by_content_length_before_reading(w: Worker) -> None:
     head = (
         "POST /v1/traces HTTP/1.1\nHost: x\nContent-Type: application/x-protobuf\n"
@@ -671,3 +702,157 @@ def test_export_service_in_process_metrics_and_draining() -> None:
         service.export(Signal.TRACES, spans_request(1).SerializeToString(), "protobuf", transport)
     service.close()
     assert writer.closed and len(writer.records) == 1
+
+
+# --- bearer tokens: what each transport must do (otlp_ingest.auth) ------------------------------
+#
+# A worker with OTLP_AUTH_TOKENS_FILE, run on its own (no supervisor: it reads the tokens file
+# itself). These pin the transport contract: the token is checked before anything else, a refusal
+# is UNAUTHENTICATED / 401 + WWW-Authenticate + google.rpc.Status, and SIGUSR1 re-reads the tokens.
+
+TOKEN = "worker-test-token-0123456789abcdef"
+OTHER = "worker-other-token-fedcba9876543210"
+
+
+@pytest.fixture(scope="module")
+def auth_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    tmp = tmp_path_factory.mktemp("auth-worker")
+    tokens = tmp / "tokens"
+    tokens.write_text(f"# test clients\nsdk: {TOKEN}\n")
+    w = Worker(tmp, auth_tokens_file=str(tokens)).wait_ready()
+    w.tokens_file = tokens  # type: ignore[attr-defined]
+    yield w
+    assert w.stop() == ExitCode.OK
+
+
+@pytest.fixture
+def aw(auth_worker: Worker) -> Worker:
+    auth_worker.drain()
+    return auth_worker
+
+
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.mark.parametrize(
+    "metadata", [None, _bearer(OTHER), (("authorization", TOKEN),)], ids=["none", "wrong", "no-scheme"]
+)
+def test_auth_grpc_refusal_is_unauthenticated_with_status_details(aw: Worker, metadata) -> None:
+    with grpc.insecure_channel(aw.grpc_target) as ch, pytest.raises(grpc.RpcError) as info:
+        export_stub(ch, Signal.TRACES)(spans_request(3), timeout=10, metadata=metadata)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    status = rich_status(info.value)
+    assert status.code == grpc.StatusCode.UNAUTHENTICATED.value[0] and retry_info(status) is None
+    assert "Authorization: Bearer" in status.message and OTHER not in status.message
+    assert aw.drain() == []
+
+
+@pytest.mark.parametrize("signal_", list(Signal))
+def test_auth_grpc_right_token_every_signal(aw: Worker, signal_: Signal) -> None:
+    make = {
+        Signal.TRACES: lambda: spans_request(2),
+        Signal.METRICS: metrics_request,
+        Signal.LOGS: logs_request,
+    }
+    with grpc.insecure_channel(aw.grpc_target) as ch:
+        export_stub(ch, signal_)(
+            make[signal_](), timeout=10, metadata=(("authorization", f"bearer {TOKEN}"),)
+        )
+    [record] = aw.drain()
+    assert record.signal == signal_
+
+
+def test_auth_grpc_is_decided_before_the_message_is_read(aw: Worker) -> None:
+    """An oversized message without a token: UNAUTHENTICATED, not RESOURCE_EXHAUSTED."""
+    with grpc.insecure_channel(aw.grpc_target) as ch, pytest.raises(grpc.RpcError) as info:
+        raw_stub(ch, Signal.TRACES)(b"\x0a" * (LIMIT + 1000), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("ctype", "headers"),
+    [
+        ("application/x-protobuf", {}),
+        ("application/json", {"Authorization": f"Bearer {OTHER}"}),
+        ("application/x-protobuf", {"Authorization": f"Basic {TOKEN}"}),
+    ],
+    ids=["protobuf-none", "json-wrong", "basic-scheme"],
+)
+@pytest.mark.parametrize("path", ["/v1/traces", "/v1/metrics", "/v1/logs"])
+def test_auth_http_401_with_challenge_and_status_body(aw: Worker, path: str, ctype: str, headers) -> None:
+    r = post(aw, path, spans_request(2).SerializeToString(), ctype, **headers)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    wrong = "Bearer" in headers.get("Authorization", "")
+    assert ('error="invalid_token"' in r.headers["www-authenticate"]) == wrong
+    assert r.headers["connection"] == "close"
+    assert "retry-after" not in r.headers
+    if ctype == "application/json":
+        body = r.json()
+        assert body["code"] == 16 and "details" not in body
+    else:
+        status = status_pb2.Status.FromString(r.content)
+        assert status.code == 16 and "Bearer" in status.message
+    assert aw.drain() == []
+
+
+def test_auth_http_right_token_json_and_zstd(aw: Worker) -> None:
+    body = spans_request(3).SerializeToString()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert post(aw, "/v1/traces", body, **auth).status_code == 200
+    r = post(
+        aw, "/v1/traces", zstandard.ZstdCompressor().compress(body), **auth, **{"Content-Encoding": "zstd"}
+    )
+    assert r.status_code == 200
+    assert [r.payload for r in aw.drain()] == [body, body]
+
+
+def test_auth_http_is_decided_before_the_body_or_anything_else(aw: Worker) -> None:
+    # Over the size limit by Content-Length, body never sent: 401, not 413.
+    head = (
+        "POST /v1/traces HTTP/1.1\nHost: x\nContent-Type: application/x-protobuf\n"
+        f"Content-Length: {100 * LIMIT}\n"
+    )
+    status, headers, _ = raw_http(aw, head, b"\xff" * 1000)
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+    # Garbage, a bomb, a wrong content type or encoding: 401 before any of it is looked at.
+    bomb = gzip.compress(b"\x00" * (20 * LIMIT))
+    assert post(aw, "/v1/traces", bomb, **{"Content-Encoding": "gzip"}).status_code == 401
+    assert post(aw, "/v1/traces", b"\xff\xfe garbage").status_code == 401
+    assert post(aw, "/v1/traces", b"x", "text/plain").status_code == 401
+    assert post(aw, "/v1/traces", b"x", **{"Content-Encoding": "br"}).status_code == 401
+    # With the token, the same bomb is judged on its merits.
+    assert (
+        post(
+            aw, "/v1/traces", bomb, Authorization=f"Bearer {TOKEN}", **{"Content-Encoding": "gzip"}
+        ).status_code
+        == 413
+    )
+
+
+def test_auth_sigusr1_rereads_tokens_and_keeps_them_when_the_file_is_bad(aw: Worker) -> None:
+    tokens: Path = aw.tokens_file  # type: ignore[attr-defined]
+    body = spans_request(1).SerializeToString()
+
+    def status(token: str) -> int:
+        return post(aw, "/v1/traces", body, Authorization=f"Bearer {token}").status_code
+
+    try:
+        tokens.write_text(f"sdk: {TOKEN}\nother: {OTHER}\n")
+        assert status(OTHER) == 401  # not before the signal: the worker reads at boot and on SIGUSR1
+        aw.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: status(OTHER) == 200, 10, what="the added token accepted after SIGUSR1")
+        tokens.write_text("# emptied by mistake\n")
+        aw.proc.send_signal(signal.SIGUSR1)
+        with grpc.insecure_channel(aw.grpc_target) as ch:  # gRPC sees the same store
+            export_stub(ch, Signal.TRACES)(spans_request(1), timeout=10, metadata=_bearer(OTHER))
+        assert status(TOKEN) == 200 and status(OTHER) == 200  # previous tokens kept
+        tokens.write_text(f"sdk: {TOKEN}\n")
+        aw.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: status(OTHER) == 401, 10, what="the removed token refused after SIGUSR1")
+        assert status(TOKEN) == 200
+        assert aw.proc.poll() is None
+    finally:
+        tokens.write_text(f"# test clients\nsdk: {TOKEN}\n")
+        aw.proc.send_signal(signal.SIGUSR1)

@@ -39,6 +39,7 @@ class RecordingBackend:
         max_items: int = 0,
         fail_every: int = 0,
         partial_reject: int = 0,
+        grpc_no_compression: bool = False,
         tls_cert: str | None = None,
         tls_key: str | None = None,
         tls_client_ca: str | None = None,
@@ -57,6 +58,7 @@ class RecordingBackend:
             *("--max-items", str(max_items)),
             *("--fail-every", str(fail_every)),
             *("--partial-reject", str(partial_reject)),
+            *(["--grpc-no-compression"] if grpc_no_compression else []),
         ]
         for flag, value in (
             ("--tls-cert", tls_cert),

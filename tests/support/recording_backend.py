@@ -3,22 +3,31 @@
     python tests/support/recording_backend.py --port-file PATH [--fail-first N]
         [--fail-code unavailable|invalid|resource_exhausted|http_503|http_400]
         [--delay-ms M] [--retry-after-s S] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
-        [--max-items N] [--fail-every K] [--partial-reject R]
+        [--max-items N] [--fail-every K] [--partial-reject R] [--grpc-no-compression]
 
 Listens on ephemeral ports on 127.0.0.1: OTLP/gRPC (grpcio, raw-bytes generic handlers for the
 three Export methods) and HTTP (http.server: OTLP/HTTP protobuf `POST /v1/traces|metrics|logs`,
-gzip accepted, plus the control API). Once both listen it writes
+gzip and zstd accepted, plus the control API). Once both listen it writes
 `{"grpc_port": P, "http_port": Q, "pid": N}` to PATH atomically (temp file + rename).
 
 Control API on the HTTP port:
 - `GET /_records` -> `{"traces": {"requests": n, "items": n, "failed": n, "max_request_items": n,
-  "max_request_bytes": n, "too_large": n, "order": [key, ...], "keys": {key: count}},
+  "max_request_bytes": n, "too_large": n, "order": [key, ...], "keys": {key: count},
+  "encodings": {"grpc": n, "http:zstd": n, "http:identity": n, ...},
+  "headers": {"name: value": n, ...}},
   "metrics": {...}, "logs": {...}}`. `requests` counts accepted requests, `failed` injected
   failures (too_large included), `too_large` the requests refused by `max_items`,
   `max_request_items`/`max_request_bytes` the largest accepted request, `order` every accepted
   key in arrival order. Item keys:
   span = trace_id hex + ":" + span_id hex; log record = body string + ":" + time_unix_nano;
   metric point = metric name + ":" + time_unix_nano + ":" + sorted attributes k=v joined by ",".
+  `encodings` counts accepted requests by transport and, for HTTP, `Content-Encoding` (grpcio's
+  server decompresses before any handler sees the call and does not say how the message came:
+  `--grpc-no-compression` makes it refuse compressed messages instead, so a test can tell);
+  `headers` counts the request headers (gRPC
+  metadata) of accepted requests as "name: value" lines, lower-case names, except those that
+  change per request or only frame it (HEADERS_NOT_RECORDED) - so tests can check that export
+  headers such as `authorization` arrive.
 - `POST /_control` JSON `{"fail_next": N, "fail_code": "...", "delay_ms": M, "retry_after_s": S,
   "max_items": N, "fail_every": K, "partial_reject": R}` (each key optional) changes fault
   injection; `POST /_reset` clears the records.
@@ -35,8 +44,8 @@ flapping backend); `max_items` N > 0 answers "too large" (RESOURCE_EXHAUSTED wit
 413) to any request with more than N items; `partial_reject` R > 0 accepts and records every
 request but answers partial_success with rejected = min(R, items) and an error message.
 
-Independent of otlp_ingest on purpose: it only uses opentelemetry-proto, grpcio and the standard
-library, so it judges the server from the outside.
+Independent of otlp_ingest on purpose: it only uses opentelemetry-proto, grpcio, zstandard and
+the standard library, so it judges the server from the outside.
 
 TLS: with --tls-cert/--tls-key both ports serve TLS only (the control API too); with
 --tls-client-ca as well, clients must present a certificate signed by that CA (mTLS).
@@ -58,6 +67,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
+import zstandard
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
@@ -83,6 +93,13 @@ SIGNALS: dict[str, tuple[str, Any, Any]] = {
     ),
 }
 FAIL_CODES = ("unavailable", "invalid", "resource_exhausted", "http_503", "http_400")
+HEADERS_NOT_RECORDED = frozenset(
+    {"content-length", "grpc-timeout", "host", "accept-encoding", "connection", "te", "grpc-accept-encoding"}
+)
+
+
+def _recorded_headers(pairs: Any) -> list[str]:
+    return [f"{k.lower()}: {v}" for k, v in pairs if k.lower() not in HEADERS_NOT_RECORDED]
 
 
 def _any_str(value: Any) -> str:
@@ -155,6 +172,8 @@ class Recorder:
                     "max_request_bytes": 0,
                     "order": [],
                     "keys": Counter(),
+                    "encodings": Counter(),
+                    "headers": Counter(),
                 }
                 for name in SIGNALS
             }
@@ -193,9 +212,12 @@ class Recorder:
             time.sleep(delay / 1000.0)  # the backend's simulated latency; test-only code
         return fault, retry_after
 
-    def record(self, signal: str, request: Any, nbytes: int) -> tuple[bool, int]:
+    def record(
+        self, signal: str, request: Any, nbytes: int, encoding: str = "", headers: list[str] | None = None
+    ) -> tuple[bool, int]:
         """Record an accepted request: (accepted, partial_success rejected count). Not accepted
-        (too many items for `max_items`): nothing is recorded, answer "too large"."""
+        (too many items for `max_items`): nothing is recorded, answer "too large". `encoding` is
+        "<transport>:<compression>"; `headers` the "name: value" lines to count."""
         keys = item_keys(signal, request)
         with self.lock:
             entry = self.records[signal]
@@ -209,14 +231,19 @@ class Recorder:
             entry["max_request_bytes"] = max(entry["max_request_bytes"], nbytes)
             entry["order"].extend(keys)
             entry["keys"].update(keys)
+            if encoding:
+                entry["encodings"][encoding] += 1
+            entry["headers"].update(headers or ())
             return True, min(self.partial_reject, len(keys))
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
                 name: {
-                    **{k: v for k, v in entry.items() if k not in ("keys", "order")},
+                    **{k: v for k, v in entry.items() if k not in ("keys", "order", "encodings", "headers")},
                     "keys": dict(entry["keys"]),
+                    "encodings": dict(entry["encodings"]),
+                    "headers": dict(entry["headers"]),
                     "order": list(entry["order"]),
                 }
                 for name, entry in self.records.items()
@@ -267,7 +294,8 @@ def _grpc_handler(recorder: Recorder) -> grpc.GenericRpcHandler:
                 message = request_type.FromString(request)
             except Exception:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "payload does not decode")
-            accepted, rejected = recorder.record(name, message, len(request))
+            headers = _recorded_headers(context.invocation_metadata() or ())
+            accepted, rejected = recorder.record(name, message, len(request), "grpc", headers)
             if not accepted:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many items (max_items)")
             return _response(name, response_type, rejected)
@@ -309,8 +337,11 @@ def _http_handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
 
         def _body(self) -> bytes:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.headers.get("Content-Encoding", "").lower() == "gzip":
+            encoding = self.headers.get("Content-Encoding", "").lower()
+            if encoding == "gzip":
                 body = gzip.decompress(body)
+            elif encoding == "zstd":  # test input from the server under test: no size cap needed
+                body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
             return body
 
         def do_GET(self) -> None:
@@ -359,7 +390,9 @@ def _http_handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
             except Exception:
                 self._status(400, code_pb2.INVALID_ARGUMENT, "payload does not decode")
                 return
-            accepted, rejected = recorder.record(name, message, len(body))
+            encoding = f"http:{(self.headers.get('Content-Encoding') or 'identity').lower()}"
+            headers = _recorded_headers(self.headers.items())
+            accepted, rejected = recorder.record(name, message, len(body), encoding, headers)
             if not accepted:
                 self._status(413, code_pb2.RESOURCE_EXHAUSTED, "too many items (max_items)")
                 return
@@ -378,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-items", type=int, default=0, help="'too large' above N items (0: off)")
     parser.add_argument("--fail-every", type=int, default=0, help="fail every K-th request (0: off)")
     parser.add_argument("--partial-reject", type=int, default=0, help="partial_success rejected count")
+    parser.add_argument(
+        "--grpc-no-compression",
+        action="store_true",
+        help="refuse compressed gRPC messages (UNIMPLEMENTED), to prove a client compresses",
+    )
     parser.add_argument("--tls-cert", help="serve TLS on both ports with this PEM certificate")
     parser.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     parser.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
@@ -396,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16),
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            # Bit 0 = identity only: grpc core then answers UNIMPLEMENTED to a gzip message.
+            *([("grpc.compression_enabled_algorithms_bitset", 1)] if args.grpc_no_compression else []),
+        ],
     )
     grpc_server.add_generic_rpc_handlers((_grpc_handler(recorder),))
     if args.tls_cert:

@@ -202,7 +202,8 @@ ENV_ERRORS = [
     (
         "OTLP_EXPORT_HEADERS",
         "novalue",
-        "OTLP_EXPORT_HEADERS=novalue: not a header list (expected key1=value1,key2=value2)",
+        "OTLP_EXPORT_HEADERS=novalue: not a header list (expected key1=value1,key2=value2 with "
+        "URL-encoded values, as OTEL_EXPORTER_OTLP_HEADERS)",
     ),
     ("OTLP_BIND", " ", None),  # blank env = unset, not an error
     ("OTLP_DATA_DIR", "   ", None),
@@ -300,3 +301,91 @@ def test_retry_max_elapsed_defaults_to_zero_retry_forever_and_takes_a_duration()
 def test_settings_round_trip_through_json():
     settings = load_settings({"endpoint": "h:1", "export_headers": "a=b"}, {"OTLP_BATCH_TIMEOUT": "1m"})
     assert settings_from_json(settings_to_json(settings)) == settings
+
+
+# --- export headers, compression, bearer tokens file ------------------------------------------
+
+# OTEL_EXPORTER_OTLP_HEADERS values as users write them; each must parse exactly like the
+# OpenTelemetry Python SDK's own parser (which the SDK exporters call with liberal=True).
+SDK_HEADER_CASES = [
+    "a=b",
+    "Authorization=Bearer%20abc",  # URL-encoded blank: decoded
+    "authorization=Bearer abc",  # a plain blank: the SDKs' liberal form
+    " k1 = v1 , k2=v%2C2 ",  # an encoded comma inside a value
+    "x-tenant=t%3Dx=y",  # "=" inside a value, encoded or not
+    "api-key=abc==",
+    "a=",
+    "A%2DB=c",  # encoded key, lower-cased
+    "x-scope-orgid=tenant-1,authorization=Basic%20dXNlcjpwYXNz",
+]
+
+
+@pytest.mark.parametrize("value", SDK_HEADER_CASES)
+def test_export_headers_parse_like_the_sdk(value):
+    from opentelemetry.util.re import parse_env_headers
+
+    assert load_settings({}, {"OTLP_EXPORT_HEADERS": value}).export_headers == dict(
+        parse_env_headers(value, liberal=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("novalue", "not a header list"),
+        ("a b=c", "not a header list"),
+        ("x-a=1%0D%0Ax-injected=2", "control or non-ASCII"),  # would split into two header lines
+        ("x-a=caf%C3%A9", "control or non-ASCII"),
+        ("content-type=text/plain", "set by the exporter itself"),
+        ("grpc-timeout=1S", "set by the exporter itself"),
+        ("a%20b=c", "not an HTTP token"),
+    ],
+)
+def test_bad_export_headers_are_errors_not_skipped(value, reason):
+    # The SDKs skip a bad entry with a warning; a missing auth header would only surface as 401s.
+    [line] = problems(env={"OTLP_EXPORT_HEADERS": value})
+    assert line.startswith(f"OTLP_EXPORT_HEADERS={value}: ") and reason in line, line
+
+
+def test_export_headers_from_a_config_file_are_taken_as_written(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("export_headers:\n  Authorization: Bearer a%20b\n")
+    assert load_settings({}, {}, str(path)).export_headers == {"authorization": "Bearer a%20b"}
+
+
+def test_export_compression():
+    assert load_settings({}, {}).export_compression == "none"
+    for value in ("none", "gzip", "GZIP"):
+        assert load_settings({}, {"OTLP_EXPORT_COMPRESSION": value}).export_compression == value.lower()
+    http = {"OTLP_EXPORT_PROTOCOL": "http/protobuf", "OTLP_EXPORT_COMPRESSION": "zstd"}
+    assert load_settings({}, http).export_compression == "zstd"
+    assert problems(env={"OTLP_EXPORT_COMPRESSION": "br"}) == [
+        "OTLP_EXPORT_COMPRESSION=br: not allowed (expected one of none, gzip, zstd)"
+    ]
+    [line] = problems(env={"OTLP_EXPORT_COMPRESSION": "zstd"})
+    assert line.startswith("OTLP_EXPORT_COMPRESSION=zstd: zstd is only sent over http/protobuf"), line
+    assert "OTLP_EXPORT_PROTOCOL=http/protobuf" in line
+
+
+def test_auth_tokens_file_is_checked_at_load(tmp_path):
+    good = tmp_path / "tokens"
+    good.write_text("# clients\nteam-a: " + "a" * 32 + "\n")
+    assert load_settings({}, {"OTLP_AUTH_TOKENS_FILE": str(good)}).auth_tokens_file == str(good)
+    missing = tmp_path / "nope"
+    assert problems(env={"OTLP_AUTH_TOKENS_FILE": str(missing)}) == [
+        f"OTLP_AUTH_TOKENS_FILE={missing}: cannot read (No such file or directory) "
+        "(expected a readable tokens file)"
+    ]
+    empty = tmp_path / "empty"
+    empty.write_text("\n# only a comment\n\n")
+    assert problems(env={"OTLP_AUTH_TOKENS_FILE": str(empty)}) == [
+        f"OTLP_AUTH_TOKENS_FILE={empty}: no tokens (expected one bearer token per line; blank lines "
+        "and # comments are ignored)"
+    ]
+    [line] = problems(flags={"auth_tokens_file": str(tmp_path)})
+    assert line == f"--auth-tokens-file={tmp_path}: is a directory (expected a readable tokens file)"
+    bad = tmp_path / "bad"
+    bad.write_text("short-secret-1\n")
+    [line] = problems(env={"OTLP_AUTH_TOKENS_FILE": str(bad)})
+    assert line.startswith(f"OTLP_AUTH_TOKENS_FILE={bad}: line 1: the token has 14 characters"), line
+    assert "short-secret-1" not in line  # never the token itself

@@ -17,6 +17,7 @@ EXPECTED = [
     (errors.UnsupportedMediaType("text/plain"), C.INVALID_ARGUMENT, 415, False),
     (errors.UnsupportedEncoding("br"), C.INVALID_ARGUMENT, 415, False),
     (errors.PayloadTooLarge("big"), C.RESOURCE_EXHAUSTED, 413, False),
+    (errors.Unauthenticated("no token"), C.UNAUTHENTICATED, 401, False),
     (errors.NotFound("/nope"), C.UNIMPLEMENTED, 404, False),
     (errors.MethodNotAllowed("GET"), C.UNIMPLEMENTED, 405, False),
     (errors.PermanentError("other permanent"), C.INVALID_ARGUMENT, 400, False),
@@ -38,7 +39,7 @@ def test_row(error: BaseException, code: grpc.StatusCode, http: int, retry: bool
 def test_every_row_is_pinned() -> None:
     pinned = {type(e) for e, *_ in EXPECTED}
     assert {t for t, _ in STATUS_TABLE} <= pinned
-    assert len(STATUS_TABLE) == 11  # a new row needs a new line in EXPECTED
+    assert len(STATUS_TABLE) == 12  # a new row needs a new line in EXPECTED
 
 
 def test_unexpected_is_retryable_never_500() -> None:
