@@ -77,6 +77,9 @@ def error_block(code: int, message: str, retry_after: int | None = None) -> byte
     return _STATUS_200 + encode_literal(
         [
             _CONTENT_TYPE,
+            # Always: an UNIMPLEMENTED for an encoding must name the ones we take (gRPC's
+            # compression spec), and it costs a few bytes on errors only.
+            (b"grpc-accept-encoding", ACCEPT_ENCODING),
             (b"grpc-status", str(code).encode()),
             (b"grpc-message", quote(message, safe=_MESSAGE_SAFE).encode()),
             (DETAILS_TRAILER.encode(), details),
