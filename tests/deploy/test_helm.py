@@ -25,8 +25,10 @@ from otlp_ingest.config import ENV_NAMES
 from tests.deploy import sync_prometheusrule
 from tests.deploy.tools import (
     ALERTS,
+    AUTH_TOKENS,
     CHART,
     CHART_ALERTS,
+    CHART_AUTH_TOKENS,
     HELM_VARIANTS,
     K8S_BASE,
     K8S_DURABLE,
@@ -171,6 +173,16 @@ def test_alerts_are_a_copy_of_alerts_yml() -> None:
     assert sync_prometheusrule.CHART_ALERTS == CHART_ALERTS
     rule = find(helm_objects({}), "PrometheusRule")
     assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+
+
+def test_placeholder_tokens_are_a_copy_of_the_overlays() -> None:
+    """files/auth-tokens, what the chart's tokens Secret holds when neither auth.tokens nor
+    auth.existingSecret is given, is the production overlay's placeholder byte for byte."""
+    assert CHART_AUTH_TOKENS.read_bytes() == AUTH_TOKENS.read_bytes(), (
+        f"{CHART_AUTH_TOKENS.relative_to(ROOT)} is stale: run `python -m tests.deploy.sync_prometheusrule`"
+    )
+    assert sync_prometheusrule.CHART_COPIES[sync_prometheusrule.AUTH_TOKENS] == CHART_AUTH_TOKENS
+    assert sync_prometheusrule.AUTH_TOKENS == AUTH_TOKENS
 
 
 def _pod_checksum(values: dict[str, Any]) -> str:
