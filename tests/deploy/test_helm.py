@@ -490,9 +490,11 @@ def test_notes_tell_clients_where_to_connect() -> None:
 
 
 def test_packaged_chart_renders_the_same(tmp_path: Path) -> None:
-    """`helm package` carries everything the templates read (files/alerts.yml): the archive renders
-    what the directory renders, as an installed-from-a-repository chart would."""
+    """`helm package` carries everything the templates read (files/alerts.yml, and files/auth-tokens
+    for the production values' tokens Secret): the archive renders what the directory renders, as
+    an installed-from-a-repository chart would."""
     archive = helm.package(CHART, destination=tmp_path)
     with helm.Chart.load(archive) as chart:
-        packaged = chart.render({}, name="otlp-ingest", namespace="observability")
-    assert packaged == helm_render({})
+        for values in ({}, helm_values("production")):
+            packaged = chart.render(values, name="otlp-ingest", namespace="observability")
+            assert packaged == helm_render(values)
