@@ -10,7 +10,9 @@ are checked against the server for both by test_contract.py.
 
 from __future__ import annotations
 
+import base64
 import json
+import posixpath
 import re
 import tomllib
 from pathlib import Path
@@ -21,12 +23,15 @@ import jsonschema
 import pytest
 import yaml
 
+from otlp_ingest.auth import TokenFileError, parse_tokens
 from otlp_ingest.config import ENV_NAMES
 from tests.deploy import sync_prometheusrule
 from tests.deploy.tools import (
     ALERTS,
+    AUTH_TOKENS,
     CHART,
     CHART_ALERTS,
+    CHART_AUTH_TOKENS,
     HELM_VARIANTS,
     K8S_BASE,
     K8S_DURABLE,
@@ -47,21 +52,23 @@ from tests.deploy.tools import (
 variants = pytest.mark.parametrize("variant", HELM_VARIANTS)
 
 _BUILTIN = {"ConfigMap", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"}
+# Production values add the Certificate and, as the kustomize overlay does, the bearer tokens Secret.
+_PRODUCTION = _BUILTIN | {"ServiceMonitor", "PrometheusRule", "Certificate", "Secret"}
 EXPECTED_KINDS = {
     "default": _BUILTIN | {"Deployment", "ServiceMonitor", "PrometheusRule"},
-    "production": _BUILTIN | {"Deployment", "Ingress", "ServiceMonitor", "PrometheusRule", "Certificate"},
-    "mtls": _BUILTIN | {"Deployment", "ServiceMonitor", "PrometheusRule", "Certificate"},
-    "durable": _BUILTIN | {"StatefulSet", "ServiceMonitor", "PrometheusRule", "Certificate"},
+    "production": _PRODUCTION | {"Deployment", "Ingress"},
+    "mtls": _PRODUCTION | {"Deployment"},
+    "durable": _PRODUCTION | {"StatefulSet"},
 }
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate"}
 
-# Settings the chart writes itself from other values (service.ports, the volumes it mounts, durable
-# and tls), so `config` must not set them.
+# Settings the chart writes itself from other values (service.ports, the volumes it mounts, durable,
+# tls and auth), so `config` must not set them.
 CHART_MANAGED_ENV = {
     "OTLP_GRPC_PORT", "OTLP_HTTP_PORT", "OTLP_ADMIN_PORT", "OTLP_DATA_DIR",
     "OTLP_QUEUE_DIR", "OTLP_QUEUE_MAX_BYTES", "OTLP_QUEUE_SEGMENT_BYTES",
     "OTLP_TLS_CERT_FILE", "OTLP_TLS_KEY_FILE", "OTLP_TLS_CLIENT_CA_FILE",
-    "OTLP_EXPORT_CA_FILE", "OTLP_EXPORT_CERT_FILE", "OTLP_EXPORT_KEY_FILE",
+    "OTLP_EXPORT_CA_FILE", "OTLP_EXPORT_CERT_FILE", "OTLP_EXPORT_KEY_FILE", "OTLP_AUTH_TOKENS_FILE",
 }  # fmt: skip
 
 
@@ -131,6 +138,14 @@ def _comparable(node: Any, helm: bool) -> Any:
     return out
 
 
+def _secret_bytes(obj: dict[str, Any]) -> dict[str, Any]:
+    """A Secret's `data` as the bytes the API server stores: kustomize wraps the base64 text at 70
+    characters, Helm's b64enc does not, and both decode to the same file."""
+    if obj["kind"] != "Secret":
+        return obj
+    return {**obj, "data": {k: base64.b64decode(v) for k, v in obj.get("data", {}).items()}}
+
+
 @pytest.mark.parametrize(
     ("variant", "overlay"),
     [("default", K8S_BASE), ("mtls", K8S_PRODUCTION), ("durable", K8S_DURABLE)],
@@ -138,11 +153,12 @@ def _comparable(node: Any, helm: bool) -> Any:
 )
 def test_same_objects_as_kustomize(variant: str, overlay: Path) -> None:
     """Object for object, field for field, the chart renders what kustomize renders, but for Helm's
-    release labels and the config checksum; the Namespace is Helm's to create (--create-namespace)."""
+    release labels and the config checksum; the Namespace is Helm's to create (--create-namespace).
+    Secrets compare by their decoded bytes."""
     rendered = helm_objects(helm_values(variant))
-    chart = {(o["kind"], o["metadata"]["name"]): _comparable(o, helm=True) for o in rendered}
+    chart = {(o["kind"], o["metadata"]["name"]): _comparable(_secret_bytes(o), helm=True) for o in rendered}
     kustomize = {
-        (o["kind"], o["metadata"]["name"]): _comparable(o, helm=False)
+        (o["kind"], o["metadata"]["name"]): _comparable(_secret_bytes(o), helm=False)
         for o in objects(overlay)
         if o["kind"] != "Namespace"
     }
@@ -171,6 +187,16 @@ def test_alerts_are_a_copy_of_alerts_yml() -> None:
     assert sync_prometheusrule.CHART_ALERTS == CHART_ALERTS
     rule = find(helm_objects({}), "PrometheusRule")
     assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+
+
+def test_placeholder_tokens_are_a_copy_of_the_overlays() -> None:
+    """files/auth-tokens, what the chart's tokens Secret holds when neither auth.tokens nor
+    auth.existingSecret is given, is the production overlay's placeholder byte for byte."""
+    assert CHART_AUTH_TOKENS.read_bytes() == AUTH_TOKENS.read_bytes(), (
+        f"{CHART_AUTH_TOKENS.relative_to(ROOT)} is stale: run `python -m tests.deploy.sync_prometheusrule`"
+    )
+    assert sync_prometheusrule.CHART_COPIES[sync_prometheusrule.AUTH_TOKENS] == CHART_AUTH_TOKENS
+    assert sync_prometheusrule.AUTH_TOKENS == AUTH_TOKENS
 
 
 def _pod_checksum(values: dict[str, Any]) -> str:
@@ -224,6 +250,16 @@ def test_replicas_only_without_the_hpa() -> None:
         pytest.param({"topologySpread": {"zone": "Sometimes"}}, "at '/topologySpread/zone'", id="enum"),
         pytest.param({"durable": {"size": "ten gigs"}}, "at '/durable/size'", id="quantity"),
         pytest.param({"replicas": 3}, "additional properties 'replicas' not allowed", id="unknown"),
+        pytest.param(
+            {"auth": {"enabled": "yes"}}, "at '/auth/enabled': got string, want boolean", id="auth-bool"
+        ),
+        pytest.param({"auth": {"mountPath": "etc/auth"}}, "at '/auth/mountPath'", id="auth-relative-path"),
+        pytest.param(
+            {"auth": {"existingSecret": "My_Tokens"}}, "at '/auth/existingSecret'", id="auth-secret-name"
+        ),
+        pytest.param(
+            {"auth": {"token": "x"}}, "at '/auth': additional properties 'token' not allowed", id="auth-typo"
+        ),
     ],
 )
 def test_values_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:
@@ -288,6 +324,115 @@ def test_tls_secret_and_certificate() -> None:
     }  # fmt: skip
 
 
+def _auth_parts(
+    objs: list[dict[str, Any]],
+) -> tuple[dict[str, str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env name -> value, the `auth` volume mounts, the `auth` volumes) of the workload's pod."""
+    pod = workload(objs)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    mounts = [m for m in container["volumeMounts"] if m["name"] == "auth"]
+    volumes = [v for v in pod["volumes"] if v["name"] == "auth"]
+    return env, mounts, volumes
+
+
+def _secret_text(objs: list[dict[str, Any]], name: str) -> str:
+    secret = find(objs, "Secret", name)
+    assert secret["type"] == "Opaque" and set(secret["data"]) == {"tokens"}
+    return base64.b64decode(secret["data"]["tokens"]).decode()
+
+
+TOKENS = "team-checkout: " + "a1" * 32 + "\nteam-payments: " + "b2" * 32 + "\n"
+
+
+def test_auth_is_off_by_default() -> None:
+    """Without auth.enabled: no Secret, no OTLP_AUTH_TOKENS_FILE, no volume, nothing in NOTES."""
+    objs = helm_objects({})
+    assert "Secret" not in {o["kind"] for o in objs}
+    env, mounts, volumes = _auth_parts(objs)
+    assert "OTLP_AUTH_TOKENS_FILE" not in env and mounts == [] and volumes == []
+    notes = helm_render({})["otlp-ingest/templates/NOTES.txt"]
+    assert "Bearer" not in notes and "placeholder" not in notes
+
+
+@variants
+def test_auth_mounts_the_tokens_as_an_updatable_file(variant: str) -> None:
+    """Wherever auth is on (production values, so mtls and durable too): a directory mount of the
+    Secret, never subPath, so the kubelet updates the file and the server applies new tokens
+    without a restart; OTLP_AUTH_TOKENS_FILE names the file in it."""
+    objs = helm_objects(helm_values(variant))
+    env, mounts, volumes = _auth_parts(objs)
+    if variant == "default":
+        assert "OTLP_AUTH_TOKENS_FILE" not in env and not mounts and not volumes
+        return
+    ((mount,), (volume,)) = mounts, volumes
+    assert "subPath" not in mount and mount["readOnly"] is True
+    assert posixpath.dirname(env["OTLP_AUTH_TOKENS_FILE"]) == mount["mountPath"] == "/etc/otlp-ingest/auth"
+    assert posixpath.basename(env["OTLP_AUTH_TOKENS_FILE"]) == "tokens"
+    assert volume["secret"] == {"secretName": "otlp-ingest-auth", "defaultMode": 0o440}
+
+
+def test_auth_placeholder_is_the_overlays_and_notes_warn() -> None:
+    """values-production.yaml without tokens: the Secret holds the placeholder (no token, so the
+    server refuses to start, as the kustomize overlay's), and NOTES.txt says what to do."""
+    values = helm_values("production")
+    text = _secret_text(helm_objects(values), "otlp-ingest-auth")
+    assert text == AUTH_TOKENS.read_text()
+    with pytest.raises(TokenFileError, match="no tokens"):
+        parse_tokens(text, "placeholder")
+    notes = helm_render(values)["otlp-ingest/templates/NOTES.txt"]
+    assert "WARNING: auth.enabled without auth.tokens or auth.existingSecret" in notes
+    assert "--set-file auth.tokens=./tokens" in notes
+    assert "authorization: Bearer <token>" in notes
+
+
+def test_auth_tokens_make_the_secret_and_a_rotation_rolls_no_pod() -> None:
+    """auth.tokens (`--set-file auth.tokens=./tokens`) is the Secret's file, byte for byte; new
+    tokens change the Secret and nothing in the pod template, so no pod restarts."""
+    values = {"auth": {"enabled": True, "tokens": TOKENS, "mountPath": "/var/run/otlp-auth"}}
+    objs = helm_objects(values)
+    text = _secret_text(objs, "otlp-ingest-auth")
+    assert text == TOKENS
+    assert [e.name for e in parse_tokens(text, "auth.tokens")] == ["team-checkout", "team-payments"]
+    env, (mount,), (volume,) = _auth_parts(objs)
+    assert env["OTLP_AUTH_TOKENS_FILE"] == "/var/run/otlp-auth/tokens"
+    assert mount["mountPath"] == "/var/run/otlp-auth"
+    assert volume["secret"]["secretName"] == "otlp-ingest-auth" and "items" not in volume["secret"]
+    assert "WARNING" not in helm_render(values)["otlp-ingest/templates/NOTES.txt"]
+
+    rotated = helm_objects({"auth": {**values["auth"], "tokens": "team-checkout: " + "c3" * 32 + "\n"}})
+    assert _secret_text(rotated, "otlp-ingest-auth") != text
+    assert workload(rotated)["spec"]["template"] == workload(objs)["spec"]["template"]
+
+
+def test_auth_existing_secret_is_mounted_and_none_created(tmp_path: Path) -> None:
+    """auth.existingSecret: the chart creates no Secret and mounts the operator's; a key other than
+    `tokens` is mapped to the file `tokens` (items, still a directory mount, so still updated)."""
+    values = {"auth": {"enabled": True, "existingSecret": "otlp-tokens"}}
+    objs = helm_objects(values)
+    assert "Secret" not in {o["kind"] for o in objs}
+    env, (mount,), (volume,) = _auth_parts(objs)
+    assert volume["secret"] == {"secretName": "otlp-tokens", "defaultMode": 0o440}
+    assert env["OTLP_AUTH_TOKENS_FILE"] == mount["mountPath"] + "/tokens" and "subPath" not in mount
+    notes = helm_render(values)["otlp-ingest/templates/NOTES.txt"]
+    assert "WARNING" not in notes and "Secret otlp-tokens" in notes
+
+    values = {"auth": {"enabled": True, "existingSecret": "otlp-tokens", "existingSecretKey": "clients.txt"}}
+    _, (mount,), (volume,) = _auth_parts(helm_objects(values))
+    assert volume["secret"]["items"] == [{"key": "clients.txt", "path": "tokens"}]
+    assert "subPath" not in mount
+    check_kubernetes_validate_strict(helm_manifest(values), EXPECTED_KINDS["default"] - CRD_KINDS, tmp_path)
+
+
+def test_auth_refuses_tokens_beside_an_existing_secret() -> None:
+    """Both given: the chart would silently ignore one, so it refuses."""
+    values = {"auth": {"enabled": True, "existingSecret": "otlp-tokens", "tokens": TOKENS}}
+    with pytest.raises(
+        helm.HelmRenderError, match=re.escape("auth.existingSecret and auth.tokens are both set")
+    ):
+        helm_render(values)
+
+
 def test_extra_hooks_reach_the_pod() -> None:
     """extraEnv/extraVolumes/extraVolumeMounts: for what the chart does not model (a Secret with
     credentials, say), appended after the chart's own entries."""
@@ -345,9 +490,11 @@ def test_notes_tell_clients_where_to_connect() -> None:
 
 
 def test_packaged_chart_renders_the_same(tmp_path: Path) -> None:
-    """`helm package` carries everything the templates read (files/alerts.yml): the archive renders
-    what the directory renders, as an installed-from-a-repository chart would."""
+    """`helm package` carries everything the templates read (files/alerts.yml, and files/auth-tokens
+    for the production values' tokens Secret): the archive renders what the directory renders, as
+    an installed-from-a-repository chart would."""
     archive = helm.package(CHART, destination=tmp_path)
     with helm.Chart.load(archive) as chart:
-        packaged = chart.render({}, name="otlp-ingest", namespace="observability")
-    assert packaged == helm_render({})
+        for values in ({}, helm_values("production")):
+            packaged = chart.render(values, name="otlp-ingest", namespace="observability")
+            assert packaged == helm_render(values)

@@ -34,6 +34,9 @@ DASHBOARD = DEPLOY / "grafana/dashboards/otlp-ingest.json"
 SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
 CHART = DEPLOY / "helm/otlp-ingest"
 CHART_ALERTS = CHART / "files/alerts.yml"
+# The production overlay's placeholder tokens file and the chart's copy of it (auth.enabled's default).
+AUTH_TOKENS = K8S_PRODUCTION / "auth-tokens"
+CHART_AUTH_TOKENS = CHART / "files/auth-tokens"
 # The release the chart is rendered as: its objects are then named like the kustomize ones.
 RELEASE = "otlp-ingest"
 NAMESPACE = "observability"

@@ -48,6 +48,16 @@ labels:
 {{- .Values.tls.secretName | default (printf "%s-tls" (include "otlp-ingest.fullname" .)) }}
 {{- end }}
 
+{{/* The Secret holding the bearer tokens: the operator's, or the one secret-auth.yaml creates. */}}
+{{- define "otlp-ingest.authSecretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-auth" (include "otlp-ingest.fullname" .)) }}
+{{- end }}
+
+{{/* "true" when the chart's tokens Secret holds the placeholder files/auth-tokens (no token). */}}
+{{- define "otlp-ingest.authPlaceholder" -}}
+{{- if and .Values.auth.enabled (not .Values.auth.existingSecret) (not .Values.auth.tokens) }}true{{ end }}
+{{- end }}
+
 {{/* Where the server keeps the file sink and the durable queue: the volumes below mount there. */}}
 {{- define "otlp-ingest.dataDir" -}}/var/lib/otlp-ingest{{- end }}
 {{- define "otlp-ingest.queueDir" -}}/var/lib/otlp-queue{{- end }}
@@ -55,6 +65,9 @@ labels:
 
 {{/* Refuse combinations that render fine but cannot work, with what to do instead. */}}
 {{- define "otlp-ingest.checks" -}}
+{{- if and .Values.auth.existingSecret .Values.auth.tokens }}
+{{- fail "auth.existingSecret and auth.tokens are both set: the chart would ignore the tokens; give one (the tokens in your Secret, or auth.tokens for a Secret the chart creates)" }}
+{{- end }}
 {{- if .Values.ingress.enabled }}
 {{- if not .Values.ingress.hosts }}
 {{- fail "ingress.enabled needs ingress.hosts (the names clients connect to)" }}

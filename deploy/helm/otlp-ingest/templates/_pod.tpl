@@ -64,7 +64,7 @@ spec:
       imagePullPolicy: {{ .Values.image.pullPolicy }}
       args: ["serve"]
       {{- $tlsDir := include "otlp-ingest.tlsDir" . }}
-      {{- if or .Values.tls.enabled .Values.extraEnv }}
+      {{- if or .Values.tls.enabled .Values.auth.enabled .Values.extraEnv }}
       env:
         {{- if .Values.tls.enabled }}
         # TLS from the mounted Secret. Here and not in the ConfigMap: the paths belong to the
@@ -86,6 +86,12 @@ spec:
         - name: OTLP_EXPORT_KEY_FILE
           value: {{ $tlsDir }}/tls.key
         {{- end }}
+        {{- end }}
+        {{- if .Values.auth.enabled }}
+        # Bearer tokens required on both OTLP ports. Re-read when the kubelet updates the mounted
+        # file: no restart for a token rotation (docs/operations.md "Authentication").
+        - name: OTLP_AUTH_TOKENS_FILE
+          value: {{ .Values.auth.mountPath }}/tokens
         {{- end }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
@@ -146,6 +152,12 @@ spec:
           mountPath: {{ $tlsDir }}
           readOnly: true
         {{- end }}
+        {{- if .Values.auth.enabled }}
+        # A directory mount, never subPath: the kubelet does not update subPath mounts.
+        - name: auth
+          mountPath: {{ .Values.auth.mountPath }}
+          readOnly: true
+        {{- end }}
         {{- if .Values.durable.enabled }}
         - name: queue  # the StatefulSet's volumeClaimTemplates
           mountPath: {{ include "otlp-ingest.queueDir" . }}
@@ -170,6 +182,18 @@ spec:
         secretName: {{ include "otlp-ingest.tlsSecretName" . }}
         # The pod's fsGroup owns the files.
         defaultMode: 0440
+    {{- end }}
+    {{- if .Values.auth.enabled }}
+    - name: auth
+      secret:
+        secretName: {{ include "otlp-ingest.authSecretName" . }}
+        defaultMode: 0440
+        {{- if and .Values.auth.existingSecret (ne .Values.auth.existingSecretKey "tokens") }}
+        # The server's file is always <mountPath>/tokens; items still update in place.
+        items:
+          - key: {{ .Values.auth.existingSecretKey }}
+            path: tokens
+        {{- end }}
     {{- end }}
     {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
