@@ -354,6 +354,15 @@ class ExportService:
         """Count a request the transport refused before calling `export` (413, 415, ...)."""
         self._series_for(signal, transport).count(outcome=outcome_for(error))
 
+    def trim_queue(self, now: float) -> None:
+        """Let a shared-memory ring give back pages it will not need soon (ring/layout.py,
+        "Memory follows the load"); under the write lock, as the ring has one writer."""
+        trim = getattr(self._ring, "trim", None)
+        if trim is not None and not self._closed:
+            with self._lock:
+                if not self._closed:
+                    trim(now)
+
     def flush_metrics(self) -> None:
         """Write the counts gathered since the last flush to the metric values (see _Series)."""
         for series in list(self._series.values()):

@@ -15,7 +15,8 @@ Threads: one uvloop event loop in the main thread serves both ports: HTTP/2 for 
 call that completed them; big bodies go to a 2-thread pool (`dispatch.ExportRunner`). One sweeper
 task checks every connection's deadlines about every 0.25 s (header, body and preface deadlines,
 stalled gRPC calls, connection ageing, idle keep-alive), so no request arms a timer of its own,
-and writes out the receiver metrics counted since the last sweep (export.py, `_Series`).
+writes out the receiver metrics counted since the last sweep (export.py, `_Series`) and lets the
+ring give back pages while writes are slow (ring/layout.py, "Memory follows the load").
 
 Connection ageing (issue "traffic that follows the HPA"): gRPC connections get GOAWAY after
 `grpc_max_connection_age` (x0.9-1.1 jitter, as grpc does) and are closed
@@ -280,6 +281,7 @@ async def _serve(
             for conn in (*h2_connections, *http_connections):
                 conn.sweep(now)
             service.flush_metrics()
+            service.trim_queue(now)
 
     sweeper = loop.create_task(sweep())
     log.info(

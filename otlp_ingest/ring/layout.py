@@ -20,9 +20,7 @@ the file is renamed into place, so an attacher never sees a half-written header)
     24   8     max_records    create      u64, most records the ring may hold at once
     32   8     owner_pid      create      u64, pid of the supervisor that created it (also in the name)
     40   8     created_ns     create      u64, time.time_ns() at creation (diagnostics)
-    48   8     working_set    create      u64, data bytes the writer keeps to while the reader keeps
-                                          up (see "Working set"); 0 = the whole data area
-    56   8     reserved       -           zero
+    48   16    reserved       -           zero
     -- producer cache line: written only by the writer process
     64   8     head           writer      u64, position just past the last published record
     72   8     head_seq       writer      u64, seq of the next record to be written (= records ever written)
@@ -63,22 +61,18 @@ Because a wrapped record needs ``record_size <= max(p, capacity - p)`` room in a
 ring, the largest record accepted is ``capacity // 2`` (``max_payload(capacity)`` payload bytes):
 that guarantees any accepted size eventually fits once the reader has committed everything.
 
-Working set. A record that would start at physical offset >= ``working_set`` is placed at
-physical 0 instead (a WRAP_MARKER, as above) whenever the ring has room for that: the reader has
-committed what lay there. So while the exporter keeps up, the writer cycles through the first
-``working_set`` bytes only, and only those pages are ever touched: a 64 MiB ring costs ~8 MiB of
-memory, and the bytes written stay in the CPU caches longer. When the exporter falls behind
-(backend slow or down) the writer goes on past ``working_set`` up to the physical end, as any
-ring would. Pages beyond ``working_set`` are allocated when first needed: ``create_ring``
-reserves (``posix_fallocate``) only the header and the working set, and the writer reserves the
-bytes of a record it is about to place beyond it, refusing the write (queue full, retryable) if
-the tmpfs has no room, rather than taking a SIGBUS. Each time the writer returns to physical 0
-from beyond the working set it gives back (``madvise(MADV_REMOVE)``) the pages beyond the
-working set that lie wholly in free space, [head, tail + capacity): only the writer writes free
-space and the reader never reads it, so nobody else touches those pages. So after a backlog the
-memory it took is returned within a lap of the working set once the reader has caught up.
-Measured here: touching a fresh tmpfs page costs ~3.5 us (a 16 KiB record 15 us instead of 1.8
-us), which is why pages inside the working set are never given back.
+Memory follows the load. A ring's pages are taken when first written, not when it is created:
+``create_ring`` reserves (``posix_fallocate``) the header and the first ``INITIAL_RESERVE`` bytes
+only, and the writer reserves the pages a record is about to cover beyond what it reserved so
+far, refusing the write (queue full, retryable) if the tmpfs has no room rather than taking a
+SIGBUS. While writes are slow (below ``TRIM_MAX_RATE`` over the last ``TRIM_INTERVAL``) the writer
+gives back (``madvise(MADV_REMOVE)``) the pages of the free space [head, tail + capacity) beyond
+the next ``max(TRIM_KEEP, two intervals of writes at the recent rate)``: only the writer writes free
+space and the reader never reads it, so nobody else touches those pages. So a quiet or steady
+low-rate ring holds roughly its queued bytes plus that reserve, and a burst's memory is returned
+within a lap once the rate drops. At high rates the pages stay: touching a fresh tmpfs page costs
+~3.5 us here (a 16 KiB record 15 us instead of 1.8 us), which at 40 MB/s would be ~4% of a core
+spent on page faults. The whole capacity is always usable (a backlog may fill all of it).
 
 Ordering (publication protocol). The writer fills the record (header and payload), then stores
 ``head``, then ``head_seq``. The reader loads ``head`` and only then the record bytes below it; it
@@ -113,10 +107,12 @@ LAYOUT_VERSION = 1
 HEADER_SIZE = 256
 ALIGN = 8
 MIN_CAPACITY = 64  # bytes of data area; tiny rings are only useful in tests
-# The writer's working set (see "Working set"): well above what a healthy exporter leaves
-# uncommitted (~2 MiB per ring at 100-span requests: open, waiting and in-flight batches).
-WORKING_SET = 8 * 1024 * 1024
 PAGE = mmap.PAGESIZE
+# "Memory follows the load": what create_ring reserves, and the writer's trimming policy.
+INITIAL_RESERVE = 1024 * 1024
+TRIM_INTERVAL = 1.0  # seconds between trims (the worker calls `trim` from its sweeper)
+TRIM_MAX_RATE = 4 * 1024 * 1024  # bytes/s: faster than this, pages stay (faults would cost more)
+TRIM_KEEP = 1024 * 1024  # free bytes ahead of the writer that always stay reserved
 
 # Header field offsets.
 OFF_MAGIC = 0
@@ -126,7 +122,6 @@ OFF_CAPACITY = 16
 OFF_MAX_RECORDS = 24
 OFF_OWNER_PID = 32
 OFF_CREATED_NS = 40
-OFF_WORKING_SET = 48
 OFF_HEAD = 64
 OFF_HEAD_SEQ = 72
 OFF_WRITER_PID = 80

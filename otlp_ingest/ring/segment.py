@@ -7,6 +7,7 @@ The supervisor creates and unlinks segments; workers and exporters only attach. 
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import os
 import time
@@ -18,6 +19,7 @@ from otlp_ingest.ring import layout
 from otlp_ingest.ring.layout import RingCorrupt, RingUsage
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class RingNotEmpty(Exception):
@@ -25,19 +27,17 @@ class RingNotEmpty(Exception):
     lose them (they may have been acknowledged to clients). Adopt it under another name instead."""
 
 
-def create_ring(
-    name: str, capacity_bytes: int, max_records: int, working_set: int = layout.WORKING_SET
-) -> None:
+def create_ring(name: str, capacity_bytes: int, max_records: int) -> None:
     """Create (or replace) segment ``name`` with a data area of ``capacity_bytes`` (rounded down
-    to a multiple of 8) holding at most ``max_records`` records, the writer keeping to the first
-    ``working_set`` bytes while the reader keeps up (layout: "Working set"). An existing segment
-    of that name is replaced only if it is empty or not a readable ring; one holding records
-    raises ``RingNotEmpty``.
+    to a multiple of 8) holding at most ``max_records`` records. An existing segment of that name
+    is replaced only if it is empty or not a readable ring; one holding records raises
+    ``RingNotEmpty``.
 
     The file is built under a temporary name and renamed into place, so an attacher sees either
-    the old segment or a complete new one. The working set's pages are reserved with
-    ``posix_fallocate``: a tmpfs that is too small (Docker's default /dev/shm is 64 MiB) fails
-    here, loudly; pages beyond it are reserved by the writer when a backlog first needs them.
+    the old segment or a complete new one. Only its first pages are reserved (``posix_fallocate``;
+    layout: "Memory follows the load"); a tmpfs with less free space than the whole ring is logged
+    as a warning (Docker's default /dev/shm is 64 MiB): the writer then refuses writes, retryably,
+    when the tmpfs is full.
     """
     capacity = capacity_bytes & ~(layout.ALIGN - 1)
     if capacity < layout.MIN_CAPACITY:
@@ -45,9 +45,6 @@ def create_ring(
     if max_records < 1:
         raise ValueError(f"ring max_records {max_records} must be at least 1")
     size = layout.HEADER_SIZE + capacity
-    working_set = (
-        capacity if working_set <= 0 or working_set >= capacity else working_set & ~(layout.ALIGN - 1)
-    )
     try:
         records = ring_usage(name).records
     except (FileNotFoundError, RingCorrupt):
@@ -58,7 +55,15 @@ def create_ring(
     def fill(fd: int) -> None:
         os.ftruncate(fd, size)
         if hasattr(os, "posix_fallocate"):
-            os.posix_fallocate(fd, 0, min(size, layout.HEADER_SIZE + working_set + layout.PAGE))
+            os.posix_fallocate(fd, 0, min(size, layout.HEADER_SIZE + layout.INITIAL_RESERVE))
+        free = os.fstatvfs(fd)
+        if free.f_bavail * free.f_frsize < capacity:
+            log.warning(
+                "ring %s: %d bytes but the tmpfs has %d free: writes will be refused once it is full",
+                name,
+                capacity,
+                free.f_bavail * free.f_frsize,
+            )
         header = layout.STATIC_HEADER.pack(
             layout.MAGIC,
             layout.LAYOUT_VERSION,
@@ -69,7 +74,7 @@ def create_ring(
             time.time_ns(),
         )
         # The rest of the header (counters, pids) is already zero from ftruncate.
-        os.pwrite(fd, header + working_set.to_bytes(8, "little"), 0)
+        os.pwrite(fd, header, 0)
 
     create_complete(layout.segment_path(name), fill)
 
@@ -149,7 +154,6 @@ class StaticHeader:
     capacity: int
     max_records: int
     owner_pid: int
-    working_set: int  # the whole data area for rings created before the field existed (0)
 
 
 def parse_static_header(header: bytes, file_size: int, name: str) -> StaticHeader:
@@ -169,10 +173,7 @@ def parse_static_header(header: bytes, file_size: int, name: str) -> StaticHeade
         raise RingCorrupt(f"ring {name}: capacity {capacity} does not match file size {file_size}")
     if max_records < 1:
         raise RingCorrupt(f"ring {name}: max_records {max_records}")
-    working_set = int.from_bytes(header[layout.OFF_WORKING_SET : layout.OFF_WORKING_SET + 8], "little")
-    if not 0 < working_set <= capacity:
-        working_set = capacity
-    return StaticHeader(capacity, max_records, owner_pid, working_set)
+    return StaticHeader(capacity, max_records, owner_pid)
 
 
 def map_segment(name: str) -> tuple[mmap.mmap, StaticHeader]:

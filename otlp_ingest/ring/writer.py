@@ -19,6 +19,7 @@ _OFF_HEAD_SEQ = layout.OFF_HEAD_SEQ
 _OFF_TAIL = layout.OFF_TAIL
 _OFF_TAIL_SEQ = layout.OFF_TAIL_SEQ
 _PAGE = layout.PAGE
+_RESERVE_STEP = 1024 * 1024
 _FLAGS = layout.WRITE_FLAGS
 _crc = layout.record_crc
 
@@ -34,9 +35,8 @@ class RingWriter:
     def __init__(self, name: str) -> None:
         self.name = name
         self._mm, static = map_segment(name)
-        # For reserving pages beyond the working set (layout: "Working set"); closed in close().
+        # For reserving and giving back pages (layout: "Memory follows the load"); see close().
         self._fd = os.open(layout.segment_path(name), os.O_RDWR)
-        self._working_set = static.working_set
         self.capacity = static.capacity
         self.max_records = static.max_records
         self.max_payload = layout.max_payload(self.capacity)
@@ -55,6 +55,13 @@ class RingWriter:
             raise
         layout.store_u64(mm, _OFF_HEAD_SEQ, self._head_seq)
         layout.store_u64(mm, layout.OFF_WRITER_PID, os.getpid())
+        # Stream positions: the free space [head, reserved_to) has its pages reserved, and
+        # [reserved_to, released_to) was given back by `trim`; what a previous writer did is
+        # unknown, so start by assuming nothing is reserved (reserving again is cheap).
+        self._reserved_to = self._head
+        self._released_to = self._head
+        self._trim_head = self._head
+        self._trim_at = 0.0
 
     @classmethod
     def attach(cls, name: str) -> RingWriter:
@@ -104,14 +111,10 @@ class RingWriter:
         phys = head % capacity
         room_to_end = capacity - phys
         skip = 0 if size <= room_to_end else room_to_end
-        working_set = self._working_set
-        if not skip and phys >= working_set and self._has_room(head + room_to_end + size):
-            skip = room_to_end  # back to the start of the working set: the reader freed it
-            self._release_free_pages(head)
         new_head = head + skip + size
         if new_head - self._tail > capacity and not self._has_room(new_head):
             return False
-        if (skip or phys + size > working_set) and not self._reserve(phys, skip, size):
+        if new_head > self._reserved_to and not self._reserve(new_head):
             return False
         mm = self._mm
         if skip:
@@ -140,40 +143,69 @@ class RingWriter:
         self._tail = layout.load_u64(self._mm, _OFF_TAIL)
         return new_head - self._tail <= self.capacity
 
-    def _release_free_pages(self, head: int) -> None:
-        """Give back the tmpfs pages beyond the working set that hold no record: those wholly
-        inside the free space [head, tail + capacity). Called when the writer returns to the
-        working set (at most once per working-set lap), so pages a backlog used are freed once
-        the reader has committed past them. Only this process writes free space and the reader
-        never reads it, so no one else touches these pages meanwhile."""
+    def _spans(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The physical byte ranges of stream range [start, end) (at most a capacity long)."""
         capacity = self.capacity
-        free = self._tail + capacity - head
-        lo = head % capacity
-        spans = [(lo, lo + free)] if lo + free <= capacity else [(lo, capacity), (0, free - (capacity - lo))]
-        for a, b in spans:
-            first = -(-(_DATA + max(a, self._working_set)) // _PAGE) * _PAGE  # whole pages only
-            last = (_DATA + b) // _PAGE * _PAGE
-            if last > first:
-                self._mm.madvise(mmap.MADV_REMOVE, first, last - first)
+        lo = start % capacity
+        n = end - start
+        if lo + n <= capacity:
+            return [(lo, lo + n)]
+        return [(lo, capacity), (0, n - (capacity - lo))]
 
-    def _reserve(self, phys: int, skip: int, size: int) -> bool:
-        """Reserve the tmpfs pages beyond the working set that this write touches (the wrap
-        marker at ``phys`` when ``skip``, then the record). False if the tmpfs is full: the
-        caller refuses the write (retryable) instead of the process taking a SIGBUS."""
-        working_set = self._working_set
-        start, end = (0, size) if skip else (phys, phys + size)
-        ranges = [(start, end)]
-        if skip:
-            ranges.append((phys, phys + 4))
-        for lo, hi in ranges:
-            if hi <= working_set:
-                continue
-            lo = max(lo, working_set)
-            try:
-                os.posix_fallocate(self._fd, _DATA + lo, hi - lo)
-            except OSError:
-                return False
+    def _reserve(self, new_head: int) -> bool:
+        """Reserve the tmpfs pages of the free space up to stream position ``new_head`` (and a
+        step beyond, so this is one syscall per RESERVE_STEP written) before writing there.
+        False if the tmpfs is full: the caller refuses the write (retryable) instead of the
+        process taking a SIGBUS."""
+        start = max(self._reserved_to, self._head)
+        step_end = max(new_head, min(start + _RESERVE_STEP, self._tail + self.capacity))
+        for end in (step_end, new_head) if step_end > new_head else (new_head,):
+            if self._fallocate(start, end):
+                self._reserved_to = end
+                return True
+        return False
+
+    def _fallocate(self, start: int, end: int) -> bool:
+        try:
+            for a, b in self._spans(start, end):
+                os.posix_fallocate(self._fd, _DATA + a, b - a)
+        except OSError:
+            return False
         return True
+
+    def trim(self, now: float) -> int:
+        """Give back free pages while writes are slow (layout: "Memory follows the load").
+
+        Call it often (the worker's sweeper does, under the lock that serializes writes); it acts
+        at most every TRIM_INTERVAL. Returns the bytes given back."""
+        elapsed = now - self._trim_at
+        if elapsed < layout.TRIM_INTERVAL:
+            return 0
+        head = self._head
+        written = head - self._trim_head
+        self._trim_head, self._trim_at = head, now
+        if written > layout.TRIM_MAX_RATE * elapsed:
+            return 0  # busy: the pages will be written again soon, faults would cost more
+        self._tail = layout.load_u64(self._mm, _OFF_TAIL)
+        # Keep what about two intervals of writes at the recent rate need.
+        keep_to = head + max(layout.TRIM_KEEP, int(2 * written * layout.TRIM_INTERVAL / elapsed))
+        free_end = self._tail + self.capacity
+        ranges = []
+        if keep_to < self._reserved_to:  # reserved ahead, not needed soon
+            ranges.append((keep_to, min(self._reserved_to, free_end)))
+            self._reserved_to = keep_to
+        if max(self._released_to, keep_to) < free_end:  # consumed by the reader since
+            ranges.append((max(self._released_to, keep_to), free_end))
+        self._released_to = max(self._released_to, free_end)
+        released = 0
+        for start, end in ranges:
+            for a, b in self._spans(start, end):
+                first = -(-(_DATA + a) // _PAGE) * _PAGE  # whole pages only
+                last = (_DATA + b) // _PAGE * _PAGE
+                if last > first:
+                    self._mm.madvise(mmap.MADV_REMOVE, first, last - first)
+                    released += last - first
+        return released
 
     @property
     def head(self) -> int:

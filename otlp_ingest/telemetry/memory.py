@@ -17,7 +17,7 @@ stop even decoding refused requests to count their items.
 What is counted (`tree_usage`): the anonymous resident memory of the supervisor and every live
 child (psutil `rss - shared`: private heap, stacks, grpc and upb buffers) plus the tmpfs bytes
 of the shared-memory rings, once (`st_blocks` of each ring file: the pages actually reserved,
-the working set from the start and more while a backlog uses the rest; ring/layout.py). Plain
+which follow the load; ring/layout.py "Memory follows the load"). Plain
 RSS summed over processes would count each ring page twice (writer and reader both map it) and
 grow as pages are touched although nothing new is allocated; that is not what the cgroup
 charges. Shared library code (file-backed, reclaimable) is not counted.

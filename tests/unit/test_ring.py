@@ -45,9 +45,9 @@ def ring():
     """A factory for fresh rings, all unlinked after the test."""
     names: list[str] = []
 
-    def make(capacity: int = 4096, max_records: int = 1000, working_set: int = layout.WORKING_SET) -> str:
+    def make(capacity: int = 4096, max_records: int = 1000) -> str:
         name = _unique_name()
-        create_ring(name, capacity, max_records, working_set)
+        create_ring(name, capacity, max_records)
         names.append(name)
         return name
 
@@ -593,60 +593,81 @@ def test_shared_counters_are_never_seen_torn(tmp_path):
     mm.close()
 
 
-# --- working set (layout: "Working set") --------------------------------------------------------
+# --- memory follows the load (layout: "Memory follows the load") -----------------------------
 
 PAGE = layout.PAGE
+MiB = 1024 * 1024
 
 
 def _allocated(name: str) -> int:
     return os.stat(layout.segment_path(name)).st_blocks * 512
 
 
-def test_a_reader_that_keeps_up_keeps_the_writer_in_the_working_set(ring) -> None:
-    name = ring(capacity=64 * PAGE, max_records=100_000, working_set=8 * PAGE)
-    assert _allocated(name) <= layout.HEADER_SIZE + 10 * PAGE  # only the working set is reserved
-    payload = os.urandom(1000)
+def test_a_new_ring_reserves_only_its_first_pages(ring) -> None:
+    name = ring(capacity=64 * MiB, max_records=100_000)
+    assert _allocated(name) <= layout.HEADER_SIZE + layout.INITIAL_RESERVE + PAGE
+
+
+def test_a_slow_writer_gives_free_pages_back_and_keeps_every_record(ring) -> None:
+    name = ring(capacity=16 * MiB, max_records=100_000)
+    payload = os.urandom(4000)
     with RingWriter.attach(name) as writer, RingReader.attach(name) as reader:
-        for i in range(2000):  # ~30 laps of the working set
-            assert writer.try_write(1, i, payload)
-            record = reader.read()
-            assert record is not None and record.item_count == i and record.payload == payload
-            reader.commit(record)
-            assert record.end % reader.capacity <= 8 * PAGE + layout.record_size(1000)
-    assert _allocated(name) <= layout.HEADER_SIZE + 10 * PAGE
+        clock = 0.0
+        for lap in range(3):  # three laps of the ring, a trim every simulated second
+            written = 0
+            while written < 16 * MiB:
+                assert writer.try_write(1, lap, payload)
+                record = reader.read()
+                assert record is not None and record.payload == payload
+                reader.commit(record)
+                written += layout.record_size(len(payload))
+                if written % (2 * MiB) < layout.record_size(len(payload)):
+                    clock += 1.0  # ~2 MiB/s: below TRIM_MAX_RATE
+                    writer.trim(clock)
+        # Queued: nothing. Reserved: about what the next seconds need, not the whole ring.
+        assert _allocated(name) <= 8 * MiB
 
 
-def test_a_backlog_uses_the_whole_ring_and_gives_the_pages_back(ring) -> None:
-    name = ring(capacity=64 * PAGE, max_records=100_000, working_set=8 * PAGE)
-    payloads = [os.urandom(1000 + i) for i in range(200)]
+def test_a_fast_writer_keeps_its_pages(ring) -> None:
+    name = ring(capacity=16 * MiB, max_records=100_000)
+    payload = os.urandom(4000)
+    with RingWriter.attach(name) as writer, RingReader.attach(name) as reader:
+        writer.trim(0.0)
+        for _ in range(16 * MiB // 4032):
+            assert writer.try_write(1, 1, payload)
+            reader.commit(reader.read())
+        assert writer.trim(1.0) == 0  # 16 MiB in a second: above TRIM_MAX_RATE
+    assert _allocated(name) > 15 * MiB
+
+
+def test_a_backlog_can_fill_the_whole_ring_and_its_memory_is_returned_after(ring) -> None:
+    name = ring(capacity=16 * MiB, max_records=100_000)
+    payloads = [os.urandom(3000 + i) for i in range(100)]
     with RingWriter.attach(name) as writer, RingReader.attach(name) as reader:
         written = []
-        for i, p in enumerate(payloads):  # the reader does not read: a backlog builds
-            if not writer.try_write(2, i, p):
-                break
-            written.append(p)
-        assert len(written) > 100  # far beyond the 8-page working set
-        assert _allocated(name) > 40 * PAGE
+        while writer.try_write(2, len(written), payloads[len(written) % 100]):
+            written.append(payloads[(len(written)) % 100])
+        assert sum(layout.record_size(len(p)) for p in written) > 15 * MiB  # all of the capacity
         got = []
         while (record := reader.read()) is not None:
             got.append(record.payload)
             reader.commit(record)
-        assert got == written  # every byte intact, in order
-        for i in range(300):  # the ring goes on working normally, back in the working set
-            assert writer.try_write(1, i, payloads[i % 200])
+        assert got == written
+        writer.trim(100.0)  # quiet now: the backlog's pages go back
+        assert _allocated(name) <= 4 * MiB
+        for i in range(300):  # and the ring goes on working normally
+            assert writer.try_write(1, i, payloads[i % 100])
             record = reader.read()
-            assert record is not None and record.payload == payloads[i % 200]
+            assert record is not None and record.payload == payloads[i % 100]
             reader.commit(record)
-        # The writer's first return to the working set gave the backlog's pages back.
-        assert _allocated(name) <= layout.HEADER_SIZE + 12 * PAGE
 
 
-def test_a_full_tmpfs_beyond_the_working_set_refuses_instead_of_crashing(ring, monkeypatch) -> None:
-    name = ring(capacity=64 * PAGE, max_records=100_000, working_set=4 * PAGE)
+def test_a_full_tmpfs_refuses_the_write_instead_of_crashing(ring, monkeypatch) -> None:
+    name = ring(capacity=16 * MiB, max_records=100_000)
     writer = RingWriter.attach(name)
     try:
-        payload = os.urandom(1000)
-        while writer.head + layout.record_size(1000) <= 4 * PAGE:
+        payload = os.urandom(4000)
+        while writer.head + layout.record_size(len(payload)) <= layout.INITIAL_RESERVE:
             assert writer.try_write(1, 1, payload)
 
         def enospc(*args: object) -> None:
@@ -654,8 +675,9 @@ def test_a_full_tmpfs_beyond_the_working_set_refuses_instead_of_crashing(ring, m
 
         monkeypatch.setattr(os, "posix_fallocate", enospc)
         head = writer.head
-        assert not writer.try_write(1, 1, payload)  # refused (the caller answers "retry later")
-        assert writer.head == head
+        while writer.try_write(1, 1, payload):  # what was reserved ahead is still used
+            assert writer.head - head < 2 * MiB
+        assert not writer.try_write(1, 1, payload)  # refused: the caller answers "retry later"
         monkeypatch.undo()
         assert writer.try_write(1, 1, payload)
     finally:
