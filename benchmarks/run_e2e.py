@@ -13,7 +13,9 @@ plus the root's `children_*` times (children it reaped), from just before the lo
 the backend holds every accepted span (so export work is included). Memory: a 1 Hz sampler
 records the tree's summed PSS and USS (`memory_full_info()`, /proc/<pid>/smaps_rollup): PSS
 shares a shared-memory ring page between the worker and the exporter that map it, RSS would count
-it twice. Idle CPU: the tree's CPU over `--idle` seconds with no traffic, after warm-up.
+it twice. Reported: the peak, and the steady figure (median of the second half of the run), which
+is what the load itself holds once memory left from the run before (a burst's ring pages, given
+back when writes slow down: ring/layout.py) is gone. Idle CPU: the tree's CPU over `--idle` seconds with no traffic, after warm-up.
 
 Runs per server: gRPC and HTTP/protobuf at 10, 100 and 512 spans per request, closed loop (8
 senders, throughput), then fixed-rate 10,000 spans/s (100 spans x 100 requests/s) for ack
@@ -80,6 +82,7 @@ class RunResult:
     p99_ms: float
     peak_pss_mib: float
     peak_uss_mib: float
+    steady_pss_mib: float  # median PSS over the second half of the run (the load's own memory)
 
 
 class TreeSampler:
@@ -90,6 +93,7 @@ class TreeSampler:
         self.root = psutil.Process(root_pid)
         self.peak_pss = 0
         self.peak_uss = 0
+        self.samples: list[int] = []  # PSS, one a second
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -130,8 +134,15 @@ class TreeSampler:
     def _sample(self) -> None:
         while not self._stop.wait(1.0):
             pss, uss = self.memory()
+            self.samples.append(pss)
             self.peak_pss = max(self.peak_pss, pss)
             self.peak_uss = max(self.peak_uss, uss)
+
+    def steady_pss(self) -> int:
+        """Median PSS of the second half of the samples: what the load itself holds, after
+        memory left over from whatever ran before (a burst's ring pages) was given back."""
+        tail = sorted(self.samples[len(self.samples) // 2 :]) or [self.peak_pss]
+        return tail[len(tail) // 2]
 
     def stop(self) -> None:
         self._stop.set()
@@ -281,6 +292,7 @@ def one_run(
         p99_ms=result["latency_p99_ms"],
         peak_pss_mib=round(sampler.peak_pss / 2**20, 1),
         peak_uss_mib=round(sampler.peak_uss / 2**20, 1),
+        steady_pss_mib=round(sampler.steady_pss() / 2**20, 1),
     )
 
 
@@ -385,7 +397,7 @@ def to_markdown(meta: dict, results: list[RunResult], idle: dict[str, float]) ->
             f"- {r.server} {r.name}: {r.spans_accepted:,} / {r.spans_delivered:,}, "
             f"{r.requests_refused} / {r.requests_failed};"
             f" p50/p95/p99 {r.p50_ms:.2f}/{r.p95_ms:.2f}/{r.p99_ms:.2f} ms; CPU util {r.server_cpu_util:.2f};"
-            f" peak PSS {r.peak_pss_mib:.0f} MiB, USS {r.peak_uss_mib:.0f} MiB"
+            f" PSS peak {r.peak_pss_mib:.0f} MiB (USS {r.peak_uss_mib:.0f}), steady {r.steady_pss_mib:.0f} MiB"
         )
     shm, _ = _pair(results, "grpc 100/req closed loop")
     durable = next((r for r in results if r.name.endswith(DURABLE_LABEL)), None)
