@@ -15,7 +15,8 @@ records the tree's summed PSS and USS (`memory_full_info()`, /proc/<pid>/smaps_r
 shares a shared-memory ring page between the worker and the exporter that map it, RSS would count
 it twice. Reported: the peak, and the steady figure (median of the second half of the run), which
 is what the load itself holds once memory left from the run before (a burst's ring pages, given
-back when writes slow down: ring/layout.py) is gone. Idle CPU: the tree's CPU over `--idle` seconds with no traffic, after warm-up.
+back when writes slow down: ring/layout.py) is gone. Idle CPU: the tree's CPU over `--idle`
+seconds with no traffic, after warm-up.
 
 Runs per server: gRPC and HTTP/protobuf at 10, 100 and 512 spans per request, closed loop (8
 senders, throughput), then fixed-rate 10,000 spans/s (100 spans x 100 requests/s) for ack
@@ -397,7 +398,7 @@ def to_markdown(meta: dict, results: list[RunResult], idle: dict[str, float]) ->
             f"- {r.server} {r.name}: {r.spans_accepted:,} / {r.spans_delivered:,}, "
             f"{r.requests_refused} / {r.requests_failed};"
             f" p50/p95/p99 {r.p50_ms:.2f}/{r.p95_ms:.2f}/{r.p99_ms:.2f} ms; CPU util {r.server_cpu_util:.2f};"
-            f" PSS peak {r.peak_pss_mib:.0f} MiB (USS {r.peak_uss_mib:.0f}), steady {r.steady_pss_mib:.0f} MiB"
+            f" PSS peak {r.peak_pss_mib:.0f} MiB (USS {r.peak_uss_mib:.0f}), steady {r.steady_pss_mib:.0f}"
         )
     shm, _ = _pair(results, "grpc 100/req closed loop")
     durable = next((r for r in results if r.name.endswith(DURABLE_LABEL)), None)
