@@ -265,11 +265,11 @@ def one_run(
     result = run_loadgen_process(argv, timeout=duration + 60)
     accepted = result["items_accepted"]
     # Count the server's CPU until the backend holds everything it accepted (export included).
-    wait_until(lambda: backend.records()["traces"]["items"] >= accepted, 60.0, 0.05, "the export to finish")
+    wait_until(lambda: backend.counts()["traces"] >= accepted, 60.0, 0.05, "the export to finish")
     cpu = sampler.cpu_seconds() - cpu0
     wall = time.perf_counter() - wall0
     sampler.stop()
-    delivered = backend.records()["traces"]["items"]
+    delivered = backend.counts()["traces"]
     name = f"{protocol} {spans}/req " + (f"rate {rate_spans:,.0f} spans/s" if rate_spans else "closed loop")
     return RunResult(
         server=target.name,
@@ -314,7 +314,7 @@ def warm_up(target: Target, backend: RecordingBackend) -> None:
         )
 
         def exported(accepted: int = result["items_accepted"]) -> bool:
-            return backend.records()["traces"]["items"] >= accepted
+            return backend.counts()["traces"] >= accepted
 
         wait_until(exported, 60, 0.05, "warm-up export")
         backend.reset()

@@ -18,7 +18,7 @@ import pytest
 import uvloop
 
 from otlp_ingest.config import Settings
-from otlp_ingest.receiver.dispatch import ExportRunner
+from otlp_ingest.receiver.dispatch import ExportRunner, Receiving
 from otlp_ingest.receiver.export import ExportService
 from otlp_ingest.receiver.grpc_service import GrpcReceiver
 from otlp_ingest.receiver.h2 import (
@@ -98,7 +98,7 @@ def _feed(connection: object, service: ExportService, requests: list[bytes], dra
 @pytest.mark.parametrize("items", [10, 100])
 def test_http_request(benchmark, pipeline, otlp_payload, items: int) -> None:
     service, runner, drain = pipeline
-    app = OtlpHttpApp(service, runner, Settings())
+    app = OtlpHttpApp(Receiving(service, runner, Settings()))
     connection = HttpConnection(app, HttpConfig(), set(), time.monotonic)
     transport = CountingTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
@@ -116,7 +116,7 @@ def test_http_request(benchmark, pipeline, otlp_payload, items: int) -> None:
 @pytest.mark.parametrize("items", [10, 100])
 def test_grpc_request(benchmark, pipeline, otlp_payload, items: int) -> None:
     service, runner, drain = pipeline
-    receiver = GrpcReceiver(service, runner, Settings())
+    receiver = GrpcReceiver(Receiving(service, runner, Settings()))
     connection = H2Connection(receiver, H2Config(), set(), time.monotonic)
     transport = CountingTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]

@@ -18,7 +18,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
+from otlp_ingest.auth import TokenStore
+from otlp_ingest.config import Settings
 from otlp_ingest.receiver.export import ExportResult, ExportService
 
 Done = Callable[[ExportResult | None, BaseException | None], None]
@@ -96,3 +99,14 @@ class ExportRunner:
     def close(self) -> None:
         self.service.flush_staged()
         self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Receiving:
+    """What both transports of one worker share: the export path and its runner, the settings,
+    and the bearer tokens (None: authentication off)."""
+
+    service: ExportService
+    runner: ExportRunner
+    settings: Settings
+    tokens: TokenStore | None = None

@@ -33,11 +33,9 @@ import logging
 from urllib.parse import quote
 
 from otlp_ingest import errors
-from otlp_ingest.auth import TokenStore
-from otlp_ingest.config import Settings
 from otlp_ingest.otlp.signals import SIGNALS, Signal
-from otlp_ingest.receiver.dispatch import Done, ExportRunner, should_offload
-from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ExportResult, ExportService
+from otlp_ingest.receiver.dispatch import Done, Receiving, should_offload
+from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ExportResult
 from otlp_ingest.receiver.h2 import H2Connection, Stream
 from otlp_ingest.receiver.hpack import encode_literal
 from otlp_ingest.receiver.inflight import grpc_in_flight_limit, memory_limits
@@ -95,16 +93,11 @@ def http_error_block(status: int) -> bytes:
 class GrpcReceiver:
     """The `StreamHandler` of the gRPC port: one worker's OTLP Export methods."""
 
-    def __init__(
-        self,
-        service: ExportService,
-        runner: ExportRunner,
-        settings: Settings,
-        tokens: TokenStore | None = None,
-    ) -> None:
-        self.service = service
-        self.runner = runner
-        self.tokens = tokens
+    def __init__(self, receiving: Receiving) -> None:
+        self.service = receiving.service
+        self.runner = receiving.runner
+        self.tokens = receiving.tokens
+        settings = receiving.settings
         self.max_message = settings.grpc_max_recv_bytes
         self.in_flight = 0
         self.limit = grpc_in_flight_limit(settings, memory_limits(settings))

@@ -39,11 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from otlp_ingest import errors
-from otlp_ingest.auth import TokenStore
-from otlp_ingest.config import Settings
 from otlp_ingest.otlp.signals import SIGNAL_BY_PATH, SIGNALS, Signal
-from otlp_ingest.receiver.dispatch import Done, ExportRunner, should_offload
-from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ContentFormat, ExportResult, ExportService
+from otlp_ingest.receiver.dispatch import Done, Receiving, should_offload
+from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ContentFormat, ExportResult
 from otlp_ingest.receiver.inflight import BODY_FACTOR, BodyBudget, http_body_slots, memory_limits
 from otlp_ingest.receiver.limits import decompress, normalize_encoding
 from otlp_ingest.receiver.rpc_status import client_message, status_bytes, status_json
@@ -280,16 +278,11 @@ class Exchange:
 class OtlpHttpApp:
     """The OTLP/HTTP routes of one worker: three POST paths, the body limit and budget."""
 
-    def __init__(
-        self,
-        service: ExportService,
-        runner: ExportRunner,
-        settings: Settings,
-        tokens: TokenStore | None = None,
-    ) -> None:
-        self.service = service
-        self.runner = runner
-        self.tokens = tokens
+    def __init__(self, receiving: Receiving) -> None:
+        self.service = receiving.service
+        self.runner = receiving.runner
+        self.tokens = receiving.tokens
+        settings = receiving.settings
         self.limit = settings.http_max_body_bytes
         slots = http_body_slots(settings, memory_limits(settings))
         self.budget = BodyBudget(slots * BODY_FACTOR * self.limit)

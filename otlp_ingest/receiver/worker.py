@@ -45,6 +45,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import uvloop
 
@@ -52,7 +53,7 @@ from otlp_ingest.auth import TokenFileError, TokenStore
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
 from otlp_ingest.queue import open_writer, parse_queue
-from otlp_ingest.receiver.dispatch import ExportRunner
+from otlp_ingest.receiver.dispatch import ExportRunner, Receiving
 from otlp_ingest.receiver.export import ExportService
 from otlp_ingest.receiver.grpc_service import GrpcReceiver
 from otlp_ingest.receiver.h2 import H2Config, H2Connection
@@ -124,34 +125,58 @@ def run_worker(
     ExitCode.OK after a graceful stop, ExitCode.CHILD_BOOT if the queue cannot be opened, a TLS
     file cannot be read or a port cannot be bound.
     """
-    stop = threading.Event()
-    wakeups: list[Callable[[], None]] = []
-    reloads: list[Callable[[], None]] = []
     try:
         tokens = TokenStore.for_worker(settings)
     except TokenFileError as exc:
         log.error("worker %d cannot load the bearer tokens: %s", worker_index, exc)
         return ExitCode.CHILD_BOOT
-
-    def on_signal(signum: int, frame: object) -> None:
-        # Only record the request; the event loop does the work.
-        stop.set()
-        for wake in wakeups:
-            wake()
-
-    def on_reload(signum: int, frame: object) -> None:
-        if tokens is not None:
-            tokens.request_reload()
-            for wake in reloads:
-                wake()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_reload)
+    control = _Control(tokens)
+    previous = {sig: signal.signal(sig, control.on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, control.on_reload)
     try:
-        return _run(settings, worker_index, ring_name, notify_ready, stop, wakeups, tokens, reloads)
+        return _run(_Worker(settings, worker_index, ring_name, notify_ready), control)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@dataclass(frozen=True, slots=True)
+class _Worker:
+    settings: Settings
+    index: int
+    ring_name: str
+    notify_ready: Callable[[], None]
+
+
+class _Control:
+    """What the signal handlers tell the event loop: stop (SIGTERM/SIGINT) and re-read the tokens
+    (SIGUSR1). Handlers only set a flag and wake the loop, which does the work."""
+
+    def __init__(self, tokens: TokenStore | None) -> None:
+        self.tokens = tokens
+        self.stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._woken: asyncio.Event | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        """The event the loop waits on for a stop (set already if one came before the loop)."""
+        self._woken = asyncio.Event()
+        self._loop = loop
+        if self.stop.is_set():
+            self._woken.set()
+        return self._woken
+
+    def on_stop(self, signum: int, frame: object) -> None:
+        self.stop.set()
+        if self._loop is not None and self._woken is not None:
+            self._loop.call_soon_threadsafe(self._woken.set)
+
+    def on_reload(self, signum: int, frame: object) -> None:
+        # Installed even without authentication: SIGUSR1's default action would kill the worker.
+        if self.tokens is not None:
+            self.tokens.request_reload()
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self.tokens.reload_if_requested)
 
 
 def _open_listeners(settings: Settings, worker_index: int) -> list[socket.socket] | None:
@@ -169,16 +194,8 @@ def _open_listeners(settings: Settings, worker_index: int) -> list[socket.socket
     return sockets
 
 
-def _run(
-    settings: Settings,
-    worker_index: int,
-    ring_name: str,
-    notify_ready: Callable[[], None],
-    stop: threading.Event,
-    wakeups: list[Callable[[], None]],
-    tokens: TokenStore | None,
-    reloads: list[Callable[[], None]],
-) -> int:
+def _run(worker: _Worker, control: _Control) -> int:
+    settings, worker_index, ring_name = worker.settings, worker.index, worker.ring_name
     try:
         writer = open_writer(parse_queue(ring_name), settings)
     except Exception as exc:
@@ -200,21 +217,7 @@ def _run(
         return ExitCode.CHILD_BOOT
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(
-                _serve(
-                    settings,
-                    worker_index,
-                    ring_name,
-                    service,
-                    sockets,
-                    (grpc_tls, http_tls),
-                    notify_ready,
-                    stop,
-                    wakeups,
-                    tokens,
-                    reloads,
-                )
-            )
+            runner.run(_serve(worker, control, service, sockets, (grpc_tls, http_tls)))
     finally:
         service.close()  # refuse anything still arriving, then close the queue (a log: final fsync)
         for sock in sockets:
@@ -224,23 +227,15 @@ def _run(
 
 
 async def _serve(
-    settings: Settings,
-    worker_index: int,
-    ring_name: str,
+    worker: _Worker,
+    control: _Control,
     service: ExportService,
     sockets: list[socket.socket],
     tls: tuple[object, object],
-    notify_ready: Callable[[], None],
-    stop: threading.Event,
-    wakeups: list[Callable[[], None]],
-    tokens: TokenStore | None,
-    reloads: list[Callable[[], None]],
 ) -> None:
+    settings, worker_index = worker.settings, worker.index
     loop = asyncio.get_running_loop()
-    woken = asyncio.Event()
-    wakeups.append(lambda: loop.call_soon_threadsafe(woken.set))
-    if tokens is not None:
-        reloads.append(lambda: loop.call_soon_threadsafe(tokens.reload_if_requested))
+    woken = control.attach(loop)
     runner = ExportRunner(service, loop)
     clock = time.monotonic
     limit = connection_limit()
@@ -254,8 +249,9 @@ async def _serve(
         max_connections=limit,
         max_requests=settings.http_max_connection_requests,
     )
-    grpc_receiver = GrpcReceiver(service, runner, settings, tokens)
-    http_app = OtlpHttpApp(service, runner, settings, tokens)
+    receiving = Receiving(service, runner, settings, control.tokens)
+    grpc_receiver = GrpcReceiver(receiving)
+    http_app = OtlpHttpApp(receiving)
     h2_connections: set[H2Connection] = set()
     http_connections: set[HttpConnection] = set()
 
@@ -290,11 +286,10 @@ async def _serve(
         address(settings.bind, settings.grpc_port),
         address(settings.bind, settings.http_port),
         tls_mode(settings),
-        ring_name,
+        worker.ring_name,
     )
-    notify_ready()
-    if not stop.is_set():
-        await woken.wait()
+    worker.notify_ready()
+    await woken.wait()
 
     # Stop listening on both ports at once, then let in-flight requests finish.
     grace = drain_grace(settings)

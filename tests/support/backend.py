@@ -127,6 +127,12 @@ class RecordingBackend:
         response.raise_for_status()
         return response.json()
 
+    def counts(self) -> dict[str, int]:
+        """Items recorded per signal (cheap, unlike `records`)."""
+        response = self._session.get(f"{self.http_endpoint}/_counts", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
     def control(self, **kwargs: Any) -> None:
         """Change fault injection: fail_next, fail_code, delay_ms, retry_after_s, max_items,
         fail_every, partial_reject (see recording_backend.py)."""

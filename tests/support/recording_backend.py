@@ -11,6 +11,7 @@ gzip and zstd accepted, plus the control API). Once both listen it writes
 `{"grpc_port": P, "http_port": Q, "pid": N}` to PATH atomically (temp file + rename).
 
 Control API on the HTTP port:
+- `GET /_counts` -> `{"traces": items, "metrics": items, "logs": items}` (cheap to poll).
 - `GET /_records` -> `{"traces": {"requests": n, "items": n, "failed": n, "max_request_items": n,
   "max_request_bytes": n, "too_large": n, "order": [key, ...], "keys": {key: count},
   "encodings": {"grpc": n, "http:zstd": n, "http:identity": n, ...},
@@ -236,6 +237,12 @@ class Recorder:
             entry["headers"].update(headers or ())
             return True, min(self.partial_reject, len(keys))
 
+    def counts(self) -> dict[str, int]:
+        """Items recorded per signal: what a benchmark polls (a snapshot of millions of keys
+        takes seconds to serialize)."""
+        with self.lock:
+            return {name: entry["items"] for name, entry in self.records.items()}
+
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
@@ -347,6 +354,8 @@ def _http_handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if self.path == "/_records":
                 self._json(200, recorder.snapshot())
+            elif self.path == "/_counts":
+                self._json(200, recorder.counts())
             else:
                 self._json(404, {"error": "not found"})
 
