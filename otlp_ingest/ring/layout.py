@@ -113,6 +113,7 @@ INITIAL_RESERVE = 1024 * 1024
 TRIM_INTERVAL = 1.0  # seconds between trims (the worker calls `trim` from its sweeper)
 TRIM_MAX_RATE = 4 * 1024 * 1024  # bytes/s: faster than this, pages stay (faults would cost more)
 TRIM_KEEP = 1024 * 1024  # free bytes ahead of the writer that always stay reserved
+TRIM_MAX_RELEASE = 4 * 1024 * 1024  # bytes given back per call (madvise runs on the event loop)
 
 # Header field offsets.
 OFF_MAGIC = 0
