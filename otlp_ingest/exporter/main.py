@@ -65,7 +65,7 @@ from otlp_ingest.ring import Record, RingCorrupt, RingReader
 from otlp_ingest.shutdown_deadline import child_deadline
 from otlp_ingest.telemetry import child_status, metrics
 from otlp_ingest.telemetry.logging import RateLimitedLogger
-from otlp_ingest.telemetry.memory import MemoryGate
+from otlp_ingest.telemetry.memory import MemoryGate, malloc_trimmer
 from otlp_ingest.wal import RecoveryReport, WalLocked, WalReader
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,10 @@ limited = RateLimitedLogger(log, interval=10.0)
 # OTLP_BATCH_TIMEOUT anyway).
 IDLE_WAIT_MIN = 0.005
 IDLE_WAIT_MAX = 0.250
+# A burst of big batches leaves the exporter's heap tens of MiB larger (measured: 23 MiB USS idle,
+# 149 after 512-span bursts, still 64 after 8 s of quiet: glibc keeps freed memory); handing it
+# back every few seconds costs ~1 ms and no ack waits on this loop.
+HEAP_TRIM_EVERY = 5.0
 READ_BURST = 512  # records per ring per loop turn, so one busy ring cannot starve the others
 # A queue whose read raised OSError is left alone this long before the next try: a failing disk
 # is not hammered every loop turn, and a transient error (EMFILE) costs only this much delay.
@@ -332,7 +336,12 @@ class _Exporter:
     def _loop(self, pool: _SendPool) -> int:
         idle = IDLE_WAIT_MIN
         deadline: float | None = None
+        trim_heap = malloc_trimmer()
+        trimmed_at = time.monotonic()
         while True:
+            if time.monotonic() - trimmed_at >= HEAP_TRIM_EVERY:
+                trim_heap()
+                trimmed_at = time.monotonic()
             progressed = self._apply_outcomes(pool)
             self._save_acked(time.monotonic())
             rings_empty = True

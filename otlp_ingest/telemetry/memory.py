@@ -315,7 +315,8 @@ class MemoryLimiter:
             os.unlink(segment_path(self.name))
 
 
-def _malloc_trim() -> Callable[[], None]:
+def malloc_trimmer() -> Callable[[], None]:
+    """`malloc_trim(0)` (glibc: give freed heap back to the OS); a no-op elsewhere."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc
@@ -329,7 +330,7 @@ class MemoryGate:
 
     def __init__(self, mm: mmap.mmap) -> None:
         self._mm = mm
-        self._trim = _malloc_trim()
+        self._trim = malloc_trimmer()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
