@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -96,7 +97,11 @@ class ServerProcess:
     `server_factory` fixture. `env` entries override the test defaults below."""
 
     def __init__(
-        self, workdir: Path, env: dict[str, str] | None = None, args: list[str] | None = None
+        self,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        nofile: int | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +109,7 @@ class ServerProcess:
         self.log_path = self.workdir / "server.log"
         self.extra_env = dict(env or {})
         self.args = list(args or [])
+        self.nofile = nofile  # RLIMIT_NOFILE soft limit for the server tree (None: inherited)
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self.grpc_port = self.http_port = self.admin_port = 0
@@ -146,6 +152,7 @@ class ServerProcess:
                     env=self._env(),
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    preexec_fn=self._limit_files if self.nofile else None,
                 )
             try:
                 self.wait_ready(ready_timeout)
@@ -157,6 +164,11 @@ class ServerProcess:
                 self.kill()
                 raise
         raise AssertionError(f"server could not start on free ports; log:\n{self.log_tail()}")
+
+    def _limit_files(self) -> None:
+        """In the child before exec: lower the descriptor limit the server tree inherits."""
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, hard))
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         assert self.proc is not None

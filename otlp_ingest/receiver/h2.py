@@ -42,8 +42,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from otlp_ingest.receiver.hpack import HeaderDecoder, HeaderListTooLarge, HpackError
+from otlp_ingest.telemetry.logging import RateLimitedLogger
 
 log = logging.getLogger(__name__)
+_hostile_log = RateLimitedLogger(log)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -223,7 +225,12 @@ class H2Connection(asyncio.Protocol):
         self.opened = self.clock()
         self.connections.add(self)
         if len(self.connections) > self.max_connections:
-            log.warning("gRPC connection limit (%d) reached: closing a new connection", self.max_connections)
+            # A flood of sockets must not flood the log too: once per interval, with a count.
+            _hostile_log.warning(
+                "connections",
+                "gRPC connection limit (%d) reached: closing new connections",
+                self.max_connections,
+            )
             self.transport.close()  # type: ignore[union-attr]
             return
         config = self.config
