@@ -9,6 +9,7 @@ It must be cheap, so that it does not steal the CPU it measures on the same mach
 - gRPC goes through raw grpcio (`unary_unary` with no serializers: bytes in, bytes out), one
   channel (one HTTP/2 connection) per sending thread so SO_REUSEPORT spreads them over workers.
 - HTTP uses one keep-alive `http.client.HTTPConnection` per sending thread.
+- Every sender connects before the clock starts, so no request's latency includes a handshake.
 
 Item identity (what the recording backend keys items by, see tests/support/recording_backend.py):
 each request `k` gets a 16-byte token (8 random run bytes + `k` big-endian). Item `i` of it is
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import gzip
 import http.client
 import itertools
@@ -53,6 +55,7 @@ from otlp_ingest.otlp.signals import SIGNAL_BY_NAME, SIGNALS, Signal
 
 PROTOCOLS = ("grpc", "http", "http/json")
 REQUEST_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5.0  # all senders together, before the run starts
 METRIC_NAME = "loadgen.gauge"
 
 # Outcomes passed to `LoadgenOptions.on_response`.
@@ -277,6 +280,11 @@ class GrpcSender:
         )
         self.compression = grpc.Compression.Gzip if use_gzip else None
 
+    def connect(self, timeout: float) -> None:
+        """Open the connection now (not in the first request); a failure shows in send()."""
+        with contextlib.suppress(grpc.FutureTimeoutError):
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
     def send(self, body: bytes) -> tuple[str, int, str]:
         try:
             data = self.call(body, timeout=REQUEST_TIMEOUT_S, compression=self.compression)
@@ -306,6 +314,17 @@ class HttpSender:
         if use_gzip:
             self.headers["Content-Encoding"] = "gzip"
         self.conn: http.client.HTTPConnection | None = None
+
+    def connect(self, timeout: float) -> None:
+        """Open the connection now (not in the first request); a failure shows in send()."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.connect()
+        except OSError:
+            conn.close()
+            return
+        conn.sock.settimeout(REQUEST_TIMEOUT_S)
+        self.conn = conn
 
     def send(self, body: bytes) -> tuple[str, int, str]:
         if self.use_gzip:
@@ -387,12 +406,17 @@ def run_loadgen(options: LoadgenOptions) -> LoadgenResult:
     stop = options.stop_event or threading.Event()
     tallies = [_Tally() for _ in range(max(1, options.concurrency))]
     interval = 1.0 / options.rate if options.rate else 0.0
+    # Every sender connects before the clock starts: latencies are of requests, not of the TCP
+    # (and HTTP/2) handshakes, which would otherwise be the first request of each sender.
+    senders = [_make_sender(options, signal) for _ in tallies]
+    connect_by = time.monotonic() + CONNECT_TIMEOUT_S  # for all of them: a dead server costs it once
+    for sender in senders:
+        sender.connect(max(0.01, connect_by - time.monotonic()))
     start = time.perf_counter()
     deadline = start + options.duration if options.duration is not None else None
     limit = options.requests
 
-    def sender_loop(tally: _Tally) -> None:
-        sender = _make_sender(options, signal)
+    def sender_loop(tally: _Tally, sender: GrpcSender | HttpSender) -> None:
         try:
             while not stop.is_set():
                 index = next(counter)
@@ -430,8 +454,8 @@ def run_loadgen(options: LoadgenOptions) -> LoadgenResult:
             sender.close()
 
     threads = [
-        threading.Thread(target=sender_loop, args=(t,), name=f"loadgen-{i}", daemon=True)
-        for i, t in enumerate(tallies)
+        threading.Thread(target=sender_loop, args=(t, sender), name=f"loadgen-{i}", daemon=True)
+        for i, (t, sender) in enumerate(zip(tallies, senders, strict=True))
     ]
     for t in threads:
         t.start()
