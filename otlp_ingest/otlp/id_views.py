@@ -39,43 +39,47 @@ _BYTES = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
 _MESSAGE = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
 _OPTIONAL = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
 _REPEATED = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
-_PACKAGE = "otlp_ingest.idview"
 
-# (message, [(field name, number, type name or None for bytes)]): repeated messages / bytes.
-_SCHEMA: dict[str, list[tuple[str, int, str | None]]] = {
-    "SpanIds": [("trace_id", 1, None), ("span_id", 2, None), ("parent_span_id", 4, None)],
+# A view schema: message name -> [(field name, number, kind)]; kind is "bytes" (optional bytes),
+# "*bytes" (repeated bytes), "Name" (repeated message Name) or "?Name" (optional message Name).
+ViewSchema = dict[str, list[tuple[str, int, str]]]
+
+_SCHEMA: ViewSchema = {
+    "SpanIds": [("trace_id", 1, "bytes"), ("span_id", 2, "bytes"), ("parent_span_id", 4, "bytes")],
     "ScopeSpans": [("spans", 2, "SpanIds")],
     "ResourceSpans": [("scope_spans", 2, "ScopeSpans")],
     "TracesRequest": [("resource_spans", 1, "ResourceSpans")],
-    "LogIds": [("trace_id", 9, None), ("span_id", 10, None)],
+    "LogIds": [("trace_id", 9, "bytes"), ("span_id", 10, "bytes")],
     "ScopeLogs": [("log_records", 2, "LogIds")],
     "ResourceLogs": [("scope_logs", 2, "ScopeLogs")],
     "LogsRequest": [("resource_logs", 1, "ResourceLogs")],
 }
 
 
-def _build() -> dict[str, type[Message]]:
-    file = descriptor_pb2.FileDescriptorProto(
-        name="otlp_ingest_idview.proto", package=_PACKAGE, syntax="proto3"
-    )
-    for name, fields in _SCHEMA.items():
+def build_views(schema: ViewSchema, package: str) -> dict[str, type[Message]]:
+    """Message classes for a view schema (proto3, in a private descriptor pool): parsing a real
+    OTLP body with them keeps the declared fields and leaves the rest as unknown fields."""
+    file = descriptor_pb2.FileDescriptorProto(name=f"{package}.proto", package=package, syntax="proto3")
+    for name, fields in schema.items():
         message = file.message_type.add(name=name)
-        for field_name, number, type_name in fields:
+        for field_name, number, kind in fields:
             field = message.field.add(name=field_name, number=number)
-            if type_name is None:
-                field.type, field.label = _BYTES, _OPTIONAL
+            if kind in ("bytes", "*bytes"):
+                field.type = _BYTES
+                field.label = _REPEATED if kind == "*bytes" else _OPTIONAL
             else:
-                field.type, field.label = _MESSAGE, _REPEATED
-                field.type_name = f".{_PACKAGE}.{type_name}"
+                field.type = _MESSAGE
+                field.label = _OPTIONAL if kind.startswith("?") else _REPEATED
+                field.type_name = f".{package}.{kind.lstrip('?')}"
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-        for name in _SCHEMA
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
+        for name in schema
     }
 
 
-_VIEWS = _build()
+_VIEWS = build_views(_SCHEMA, "otlp_ingest.idview")
 _TRACES = _VIEWS["TracesRequest"]
 _LOGS = _VIEWS["LogsRequest"]
 

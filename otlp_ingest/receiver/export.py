@@ -37,6 +37,7 @@ from typing import Literal, Protocol
 
 from otlp_ingest import errors
 from otlp_ingest.config import Settings
+from otlp_ingest.otlp.item_count import count_items_unread
 from otlp_ingest.otlp.json_codec import decode_json
 from otlp_ingest.otlp.signals import SIGNALS, Signal, response_bytes
 from otlp_ingest.otlp.validate import ValidatedPayload, validate_message, validate_protobuf
@@ -398,6 +399,10 @@ class ExportService:
                 )
             if self._memory is not None and (memory_state := self._memory.state()):
                 self._refuse_for_memory(signal, body, content_format, series, memory_state)
+            if content_format == "protobuf" and not self._room_for(len(body)):
+                # Refused unread: decoding a body only to refuse it doubled the cost of overload.
+                refused = count_items_unread(signal, body)
+                raise self._queue_full(signal, refused)
             # Items over the batch byte cap could never be sent: refused here (partial_success).
             validated = _validated(signal, body, content_format, self._settings.batch_max_bytes)
             accepted = validated.accepted
@@ -556,17 +561,30 @@ class ExportService:
                 ok = self._ring.try_write(signal, accepted, payload)  # type: ignore[union-attr]
             if ok:
                 self._full_hint.accepted()
-            else:
-                retry_after = self._full_hint.refused()
-        if ok:
-            return ticket
+                return ticket
+        raise self._queue_full(signal, accepted)
+
+    def _room_for(self, size: int) -> bool:
+        """Whether the shared-memory ring has room now for `size` more bytes after what is
+        staged (optimistic: the write itself decides; the log and test fakes always say yes)."""
+        has_room_for = getattr(self._ring, "has_room_for", None) if self._log is None else None
+        if has_room_for is None or size > self._ring.max_payload:
+            return True  # a body that never fits is answered 413 by the write path
+        with self._lock:
+            return has_room_for(size + sum(self._staged_bytes.values()))
+
+    def _queue_full(self, signal: Signal, items: int) -> errors.QueueFull:
+        """The refusal for a full queue, with the growing retry hint (QueueFullHint), logged at a
+        limited rate."""
+        with self._lock:
+            retry_after = self._full_hint.refused()
         self._full_log.warning(
             "queue_full",
             "queue full: refusing %s request with %d items (exporter behind or backend slow)",
             SIGNALS[signal].name,
-            accepted,
+            items,
         )
-        raise errors.QueueFull("queue full: the server is overloaded, retry later", retry_after=retry_after)
+        return errors.QueueFull("queue full: the server is overloaded, retry later", retry_after=retry_after)
 
 
 def _validated(

@@ -136,6 +136,15 @@ class RingWriter:
         self._head_seq = seq + 1
         return True
 
+    def has_room_for(self, n: int) -> bool:
+        """Whether a record of `n` payload bytes would fit now (optimistic: ignores the skip at
+        the wrap and the page reservation; `try_write` decides)."""
+        if self._head_seq - self._tail_seq >= self.max_records:
+            self._tail_seq = layout.load_u64(self._mm, _OFF_TAIL_SEQ)
+            if self._head_seq - self._tail_seq >= self.max_records:
+                return False
+        return self._has_room(self._head + ((_HDR_SIZE + n + 7) & ~7))
+
     def _has_room(self, new_head: int) -> bool:
         """True if the ring can hold everything up to stream position ``new_head`` (re-reading
         the reader's tail only when the cached one says no)."""

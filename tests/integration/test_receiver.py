@@ -635,6 +635,50 @@ def test_sigterm_mid_stream_loses_no_acknowledged_request(tmp_path: Path) -> Non
     assert {f"r{k}" for k in acked} <= queued
 
 
+def test_a_full_ring_refuses_protobuf_unread_and_still_counts_its_items() -> None:
+    """With the ring full a protobuf body is refused before it is decoded (decoding only to
+    refuse doubled the cost of overload), and its items still count as refused."""
+    from prometheus_client import REGISTRY
+
+    from otlp_ingest import errors
+    from otlp_ingest.receiver.export import ExportService
+    from otlp_ingest.ring import RingWriter
+
+    transport = f"full{os.getpid()}"
+    name = ring_name(f"full-{os.getpid()}", 0)
+    create_ring(name, 64 * 1024, 1000)
+    try:
+        with RingWriter.attach(name) as writer, RingReader.attach(name) as reader:
+            service = ExportService(writer, Settings())
+
+            def refused_spans() -> float:
+                service.flush_metrics()
+                labels = {"transport": transport}
+                return REGISTRY.get_sample_value("otlp_receiver_refused_spans_total", labels) or 0
+
+            body = spans_request(20).SerializeToString()
+            while True:
+                try:
+                    service.export(Signal.TRACES, body, "protobuf", transport)
+                except errors.QueueFull:
+                    break
+            before = refused_spans()
+            with pytest.raises(errors.QueueFull):
+                service.export(Signal.TRACES, spans_request(7).SerializeToString(), "protobuf", transport)
+            assert refused_spans() == before + 7
+            # Unread means undecoded: a malformed body gets "retry later" too, and its 400 once
+            # there is room again.
+            with pytest.raises(errors.QueueFull):
+                service.export(Signal.TRACES, body[:-3], "protobuf", transport)
+            while (record := reader.read()) is not None:
+                reader.commit(record)
+            with pytest.raises(errors.InvalidArgument):
+                service.export(Signal.TRACES, body[:-3], "protobuf", transport)
+            assert service.export(Signal.TRACES, body, "protobuf", transport).accepted == 20
+    finally:
+        unlink_ring(name)
+
+
 def test_export_service_in_process_metrics_and_draining() -> None:
     """ExportService with a fake ring writer (the seam): counters by transport, drain, close."""
     from prometheus_client import REGISTRY

@@ -165,6 +165,19 @@ def test_full_ring_refuses_then_accepts_after_commit(ring):
         )
 
 
+def test_has_room_for_agrees_with_the_write_that_follows(ring):
+    name = ring(1024, 5)
+    with RingWriter.attach(name) as writer, RingReader.attach(name) as reader:
+        assert writer.has_room_for(writer.max_payload)
+        assert not writer.has_room_for(1025)  # more than the whole ring
+        # Before the first wrap-around the check and the write agree exactly.
+        for size in (300, 200, 100, 300, 200, 50, 0):
+            assert writer.has_room_for(size) == writer.try_write(1, 1, b"x" * size), size
+        assert not writer.has_room_for(0)  # bytes or the record count are spent
+        reader.commit(reader.read())
+        assert writer.has_room_for(0)  # committing frees room
+
+
 def test_max_records_limits_the_count(ring):
     name = ring(4096, 3)
     with RingWriter.attach(name) as writer, RingReader.attach(name) as reader:

@@ -9,6 +9,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otlp_ingest.errors import InvalidArgument
+from otlp_ingest.otlp.item_count import count_items_unread
 from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.otlp.validate import ValidatedPayload, count_items, validate_message, validate_protobuf
 from tests.golden import samples
@@ -136,6 +137,14 @@ def test_metric_points_with_bad_exemplar_ids_are_dropped() -> None:
 def test_count_items_matches_builder(signal: Signal) -> None:
     for n in (0, 1, 7, 100):
         assert count_items(signal, samples.build(signal, n)) == n
+
+
+@pytest.mark.parametrize("signal", list(Signal), ids=lambda s: s.name.lower())
+def test_count_items_unread_agrees_with_the_decoded_count(signal: Signal) -> None:
+    for n in (0, 1, 7, 100):
+        message = samples.build(signal, n)
+        assert count_items_unread(signal, message.SerializeToString()) == count_items(signal, message) == n
+    assert count_items_unread(signal, b"\xff\xff") == 0  # does not parse: nothing to count
 
 
 def test_validate_message_always_serializes() -> None:
