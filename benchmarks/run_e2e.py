@@ -270,6 +270,8 @@ def one_run(
     wall = time.perf_counter() - wall0
     sampler.stop()
     delivered = backend.counts()["traces"]
+    if delivered != accepted:
+        _explain_mismatch(backend, target.name, accepted, delivered)
     name = f"{protocol} {spans}/req " + (f"rate {rate_spans:,.0f} spans/s" if rate_spans else "closed loop")
     return RunResult(
         server=target.name,
@@ -294,6 +296,22 @@ def one_run(
         peak_pss_mib=round(sampler.peak_pss / 2**20, 1),
         peak_uss_mib=round(sampler.peak_uss / 2**20, 1),
         steady_pss_mib=round(sampler.steady_pss() / 2**20, 1),
+    )
+
+
+def _explain_mismatch(backend: RecordingBackend, server: str, accepted: int, delivered: int) -> None:
+    """Delivered != accepted: print whether the extra items are duplicates of this run's items
+    or items of another run (the loadgen's keys start with a per-run id), to tell a duplicate
+    delivery from a late one."""
+    keys = backend.records()["traces"]["keys"]
+    duplicates = sum(n - 1 for n in keys.values() if n > 1)
+    by_run: dict[str, int] = {}
+    for key, n in keys.items():
+        by_run[key[:16]] = by_run.get(key[:16], 0) + n
+    print(
+        f"  {server}: accepted {accepted:,} but delivered {delivered:,}: {duplicates:,} duplicate"
+        f" deliveries; items per run id: {sorted(by_run.values(), reverse=True)[:5]}",
+        flush=True,
     )
 
 
