@@ -324,8 +324,11 @@ def idle_cpu(target: Target, seconds: float) -> float:
 
 
 def warm_up(target: Target, backend: RecordingBackend) -> None:
-    """First connections, imports, page faults: not part of any measured run."""
+    """First connections, imports, page faults: not part of any measured run. The backend is
+    reset before each phase too: items left from an earlier run would satisfy the wait below
+    at once, and this phase's items would then arrive during the next one."""
     for protocol in ("grpc", "http"):
+        backend.reset()
         endpoint = target.grpc_endpoint if protocol == "grpc" else target.http_endpoint
         result = run_loadgen_process(
             ["--protocol", protocol, "--endpoint", endpoint, "--duration", "1s", "--concurrency", "2"], 60
