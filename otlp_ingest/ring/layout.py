@@ -94,11 +94,13 @@ crash between storing tail_seq and tail leaves it one ahead), so uncommitted rec
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import google_crc32c
 
@@ -177,9 +179,11 @@ class RingCorrupt(Exception):
     position out of bounds, an unexpected seq, or a checksum mismatch. Never retry blindly."""
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One record as read from a ring. ``payload`` is a private copy of the payload bytes."""
+class Record(NamedTuple):
+    """One record as read from a ring. ``payload`` is a private copy of the payload bytes.
+
+    A NamedTuple rather than a frozen dataclass: the exporter builds two per record read, and a
+    frozen dataclass costs ~2.2 us to construct here against ~0.9 us."""
 
     seq: int
     signal: int
@@ -203,6 +207,8 @@ class RingUsage:
 def record_crc(flags: int, meta: bytes, payload: bytes | memoryview | list[bytes]) -> int:
     """The checksum of a record's meta bytes [8, 24) and payload (or the concatenation of a list
     of parts), by the algorithm its flags name."""
+    if flags & FLAG_CRC32C and type(payload) is bytes:  # every record a reader checks: one call less
+        return google_crc32c.extend(google_crc32c.value(meta), payload)
     parts = payload if type(payload) is list else [payload]
     if flags & FLAG_CRC32C:
         crc = google_crc32c.value(meta)
@@ -235,6 +241,7 @@ def max_record_size(capacity: int) -> int:
     return (capacity // 2) & ~(ALIGN - 1)
 
 
+@functools.cache  # checked for every record read: a cached answer is ~0.1 us instead of ~0.8
 def max_payload(capacity: int) -> int:
     """Largest payload a ring of ``capacity`` data bytes accepts (see the wrap rule above)."""
     return min(max_record_size(capacity) - RECORD_HEADER_SIZE, WRAP_MARKER - 1)

@@ -12,6 +12,7 @@ _HEADER = layout.RECORD_HEADER
 _U32 = layout.U32
 _DATA = layout.HEADER_SIZE
 _HDR_SIZE = layout.RECORD_HEADER_SIZE
+_PAD = layout.ALIGN - 1
 
 
 class RecordHeader(NamedTuple):
@@ -40,7 +41,7 @@ def header_at(mm: mmap.mmap, capacity: int, pos: int, head: int, name: str) -> R
     if capacity - phys < _HDR_SIZE:
         raise RingCorrupt(f"ring {name}: record header at {pos} would cross the end of the ring")
     length, crc, signal, flags, item_count, seq = _HEADER.unpack_from(mm, _DATA + phys)
-    end = pos + layout.record_size(length)
+    end = pos + ((_HDR_SIZE + length + _PAD) & ~_PAD)  # layout.record_size, inline: per record read
     if length > layout.max_payload(capacity) or end - pos > capacity - phys or end > head:
         raise RingCorrupt(
             f"ring {name}: record at {pos} has payload length {length}, beyond the ring or head {head}"
