@@ -5,7 +5,9 @@
 Two servers are measured in the same run, one after the other for every workload and with the
 same load generator, backend and settings: `otlp_ingest serve` (2 workers, 1 exporter, the
 defaults) and the peer, rotel (`rotel-agent` from the `rotel` wheel, a Rust OTLP collector, with
-its OTLP exporter pointed at the same backend, batch timeout 200 ms like ours). The order of the
+its OTLP exporter pointed at the same backend). Both batch the same way: at most BATCH_ITEMS
+(8192) items or 200 ms, rotel's defaults (and the Collector's batch processor's); ours default to
+2048 items / 5 s, so the benchmark sets them, and passes rotel's explicitly too. The order of the
 two alternates from workload to workload so neither always runs on a warmer machine.
 
 Only the server tree's CPU counts: psutil `cpu_times()` of the root and every live descendant,
@@ -58,6 +60,9 @@ CPU_RATIO_TARGETS = {("grpc", 10): 0.5, ("grpc", 100): 1.0, ("http", 10): 1.0, (
 P99_TARGET_MS = 5.0  # at a steady 10,000 spans/s
 PSS_TARGET_MIB = 150.0
 IDLE_TARGET = 0.01  # of one core
+# Both servers batch alike: rotel's defaults (and the Collector batch processor's send_batch_size).
+BATCH_ITEMS = 8192
+BATCH_TIMEOUT = "200ms"
 
 
 @dataclass
@@ -191,7 +196,8 @@ class RotelTarget(Target):
                 "--otlp-http-endpoint", self.http_endpoint,
                 "--exporter", "otlp",
                 "--otlp-exporter-endpoint", f"http://{backend_endpoint}",
-                "--batch-timeout", "200ms",
+                "--batch-max-size", str(BATCH_ITEMS),
+                "--batch-timeout", BATCH_TIMEOUT,
                 "--pid-file", str(workdir / "rotel.pid"),
                 "--log-file", str(workdir / "rotel-agent.log"),
             ],
@@ -467,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="otlp-e2e-bench-"))
     results: list[RunResult] = []
     idle: dict[str, float] = {}
-    env = {"OTLP_BATCH_TIMEOUT": "200ms", "OTLP_LOG_LEVEL": "warning", "OTLP_QUEUE_BYTES": "64MiB"}
+    env = {"OTLP_BATCH_SIZE": str(BATCH_ITEMS), "OTLP_BATCH_TIMEOUT": BATCH_TIMEOUT}
+    env |= {"OTLP_LOG_LEVEL": "warning", "OTLP_QUEUE_BYTES": "64MiB"}
     env["OTLP_WORKERS"] = str(args.workers)
     peer: RotelTarget | None = None
     try:
@@ -526,10 +533,11 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "server": f"{int(workers)} workers, 1 exporter, gRPC export to the recording backend,"
-        " batch timeout 200ms",
+        f" batches of {BATCH_ITEMS} items / {BATCH_TIMEOUT}",
         "peer": "none"
         if args.no_peer
-        else f"rotel {RotelTarget.version()}, OTLP/gRPC export, batch timeout 200ms",
+        else f"rotel {RotelTarget.version()}, OTLP/gRPC export, batches of {BATCH_ITEMS} items"
+        f" / {BATCH_TIMEOUT}",
         "loadavg_start": loadavg_start,
         "duration_s": duration,
         "latency_duration_s": latency_duration,
