@@ -43,12 +43,16 @@ def test_dockerfile_facts() -> None:
     cmd = json.loads(next(rest for word, rest in ins if word == "CMD"))
     assert entry + cmd == ["python", "-m", "otlp_ingest", "serve"]
     assert "pip install --no-cache-dir ." in DOCKERFILE.read_text()
+    # The C extension (setup.py) is built in the build stage and its import checked there.
+    copies = [rest for word, rest in ins if word == "COPY"]
+    assert any("setup.py" in rest.split() for rest in copies)
+    assert "import otlp_ingest.otlp._idscan" in DOCKERFILE.read_text()
 
 
 def test_dockerignore_keeps_context_small() -> None:
     lines = (ROOT / ".dockerignore").read_text().split()
     assert lines[lines.index("*")] == "*"
-    assert {"!pyproject.toml", "!README.md", "!otlp_ingest/"} <= set(lines)
+    assert {"!pyproject.toml", "!setup.py", "!README.md", "!otlp_ingest/"} <= set(lines)
 
 
 def test_compose_stack() -> None:

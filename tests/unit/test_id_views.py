@@ -1,5 +1,5 @@
-"""The C-level id proof (otlp/id_views.py) agrees with the item-by-item check, and never proves
-an invalid request valid."""
+"""The id proof (otlp/id_views.py) agrees with the item-by-item check, and never proves an invalid
+request valid: both implementations, the C extension `_idscan` and the views."""
 
 from __future__ import annotations
 
@@ -10,24 +10,40 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otlp_ingest.loadgen import PayloadFactory, token_for
-from otlp_ingest.otlp.id_views import proven_item_count
+from otlp_ingest.otlp import id_views
+from otlp_ingest.otlp.id_views import proven_by_scan, proven_by_views
 from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.otlp.validate import validate_message
 
 ID_LENGTHS = st.sampled_from([0, 1, 7, 8, 9, 15, 16, 17, 24, 32])
 
+# The C extension is built by `pip install -e .` wherever there is a C compiler (CI has one);
+# without it only the views run, and these tests say so rather than pass silently.
+requires_scan = pytest.mark.skipif(not id_views.COMPILED, reason="the _idscan extension was not built")
+IMPLEMENTATIONS = [
+    pytest.param(proven_by_scan, marks=requires_scan, id="scan"),
+    pytest.param(proven_by_views, id="views"),
+]
+
+
+def test_the_extension_is_built_where_a_compiler_is() -> None:
+    """CI builds it: a silent fallback to the slow proof would go unnoticed in the figures."""
+    import shutil
+
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert id_views.COMPILED
+
 
 @pytest.mark.parametrize(("signal", "name"), [(Signal.TRACES, "traces"), (Signal.LOGS, "logs")])
 @pytest.mark.parametrize("items", [1, 10, 512])
-def test_loadgen_payloads_are_proven(signal: Signal, name: str, items: int) -> None:
-    assert proven_item_count(signal, PayloadFactory(name, items).build(token_for(b"idviews!", 1))) == items
+@pytest.mark.parametrize("proven", IMPLEMENTATIONS)
+def test_loadgen_payloads_are_proven(proven, signal: Signal, name: str, items: int) -> None:
+    assert proven(signal, PayloadFactory(name, items).build(token_for(b"idviews!", 1))) == items
 
 
-def test_metrics_are_never_proven() -> None:
-    assert (
-        proven_item_count(Signal.METRICS, PayloadFactory("metrics", 3).build(token_for(b"idviews!", 1)))
-        is None
-    )
+@pytest.mark.parametrize("proven", IMPLEMENTATIONS)
+def test_metrics_are_never_proven(proven) -> None:
+    assert proven(Signal.METRICS, PayloadFactory("metrics", 3).build(token_for(b"idviews!", 1))) is None
 
 
 def _spans(shapes: list[list[tuple[int, int, int]]]) -> ExportTraceServiceRequest:
@@ -41,22 +57,24 @@ def _spans(shapes: list[list[tuple[int, int, int]]]) -> ExportTraceServiceReques
     return request
 
 
+@pytest.mark.parametrize("prove", IMPLEMENTATIONS)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.lists(st.tuples(ID_LENGTHS, ID_LENGTHS, ID_LENGTHS), max_size=6), min_size=1, max_size=3))
-def test_span_proof_agrees_with_the_item_check(shapes: list[list[tuple[int, int, int]]]) -> None:
+def test_span_proof_agrees_with_the_item_check(prove, shapes: list[list[tuple[int, int, int]]]) -> None:
     request = _spans(shapes)
     body = request.SerializeToString()
     checked = validate_message(Signal.TRACES, request)
-    proven = proven_item_count(Signal.TRACES, body)
+    proven = prove(Signal.TRACES, body)
     if checked.rejected:
         assert proven is None  # never proves an invalid request valid
     else:
         assert proven == checked.accepted
 
 
+@pytest.mark.parametrize("prove", IMPLEMENTATIONS)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.lists(st.tuples(ID_LENGTHS, ID_LENGTHS), max_size=6), min_size=1, max_size=3))
-def test_log_proof_agrees_with_the_item_check(shapes: list[list[tuple[int, int]]]) -> None:
+def test_log_proof_agrees_with_the_item_check(prove, shapes: list[list[tuple[int, int]]]) -> None:
     request = ExportLogsServiceRequest()
     for scope_shapes in shapes:
         scope = request.resource_logs.add().scope_logs.add()
@@ -66,22 +84,139 @@ def test_log_proof_agrees_with_the_item_check(shapes: list[list[tuple[int, int]]
             ).body.string_value = f"l{i}"
     body = request.SerializeToString()
     checked = validate_message(Signal.LOGS, request)
-    proven = proven_item_count(Signal.LOGS, body)
+    proven = prove(Signal.LOGS, body)
     if checked.rejected:
         assert proven is None
     else:
         assert proven == checked.accepted
 
 
+@pytest.mark.parametrize("prove", IMPLEMENTATIONS)
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=400))
-def test_random_bytes_never_prove_what_the_item_check_rejects(body: bytes) -> None:
+def test_random_bytes_never_prove_what_the_item_check_rejects(prove, body: bytes) -> None:
     try:
         request = ExportTraceServiceRequest.FromString(body)
     except Exception:
         return  # malformed: the full parse refuses it before any proof is asked for
     checked = validate_message(Signal.TRACES, request)
-    proven = proven_item_count(Signal.TRACES, body)
+    proven = prove(Signal.TRACES, body)
+    if checked.rejected:
+        assert proven is None
+    elif proven is not None:
+        assert proven == checked.accepted
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _len_field(number: int, value: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def _request_of(span_bodies: list[bytes], extra_resource: bytes = b"", extra_scope: bytes = b"") -> bytes:
+    """Raw ExportTraceServiceRequest bytes: one resource, one scope, these spans."""
+    scope = extra_scope + b"".join(_len_field(2, span) for span in span_bodies)
+    resource = extra_resource + _len_field(2, scope)
+    return _len_field(1, resource)
+
+
+TRACE, SPAN, PARENT = b"\xab" * 16, b"\x12" * 8, b"\x22" * 8
+VALID_SPAN = _len_field(1, TRACE) + _len_field(2, SPAN) + _len_field(5, b"name")
+
+
+def _verdicts(body: bytes, prove) -> tuple[int, int | None]:
+    """(rejected by the item check, what the proof says) for a body upb parses."""
+    request = ExportTraceServiceRequest.FromString(body)
+    return validate_message(Signal.TRACES, request).rejected, prove(Signal.TRACES, body)
+
+
+@pytest.mark.parametrize("prove", IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    ("span", "valid"),
+    [
+        (VALID_SPAN, True),
+        (VALID_SPAN + _len_field(4, PARENT), True),
+        (VALID_SPAN + _len_field(4, b""), True),  # an explicitly empty parent
+        (_len_field(1, TRACE) + _len_field(5, b"n"), False),  # no span_id
+        (_len_field(1, b"\xab" * 8) + _len_field(1, TRACE) + _len_field(2, SPAN), True),  # last wins
+        (VALID_SPAN + _len_field(1, b"\xab" * 8), False),  # last wins: the short one
+        (VALID_SPAN + _len_field(4, b"\x22" * 16), False),
+        (_varint(1 << 3 | 0) + b"\x05" + _len_field(2, SPAN), False),  # trace_id as a varint: absent
+        # unknown fields of every wire type around valid ids
+        (VALID_SPAN + _varint(99 << 3 | 0) + b"\x96\x01" + _varint(98 << 3 | 1) + b"\x00" * 8
+         + _varint(97 << 3 | 5) + b"\x00" * 4, True),
+    ],
+)  # fmt: skip
+def test_wire_shapes(prove, span: bytes, valid: bool) -> None:
+    rejected, proven = _verdicts(_request_of([span, VALID_SPAN]), prove)
+    assert bool(rejected) != valid
+    if not valid:
+        assert proven is None
+    elif prove is proven_by_scan:
+        assert proven == 2  # the scan proves every valid shape; the views only the usual ones
+
+
+@pytest.mark.parametrize("prove", IMPLEMENTATIONS)
+def test_unknown_fields_at_the_container_levels(prove) -> None:
+    body = _request_of(
+        [VALID_SPAN], extra_resource=_len_field(1, b"\x0a\x00"), extra_scope=_len_field(3, b"x")
+    )
+    assert _verdicts(body, prove) == (0, 1)
+
+
+@requires_scan
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x0a",  # truncated length
+        b"\x0a\x05\x12",  # length beyond the body
+        b"\x0b\x00",  # a group start at the top level
+        b"\x00\x00",  # field number 0
+        b"\x0a\x80",  # truncated varint
+        _varint(1 << 3 | 0) + b"\x01",  # resource_spans as a varint
+    ],
+)
+def test_the_scan_gives_up_on_malformed_envelopes(body: bytes) -> None:
+    assert proven_by_scan(Signal.TRACES, body) is None
+
+
+_LOADGEN_BODY = PayloadFactory("traces", 10).build(token_for(b"idviews!", 2))
+
+
+@requires_scan
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(_LOADGEN_BODY) - 1), st.integers(0, 255), st.sampled_from("sid")),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_mutated_requests_never_prove_what_the_item_check_rejects(edits: list[tuple[int, int, str]]) -> None:
+    """A real request with bytes set, inserted or deleted: where upb still parses it, the scan
+    proves it only when the item check finds nothing to reject, with the same count."""
+    body = bytearray(_LOADGEN_BODY)
+    for position, value, kind in edits:
+        position = min(position, len(body) - 1)
+        if kind == "s":
+            body[position] = value
+        elif kind == "i":
+            body.insert(position, value)
+        else:
+            del body[position]
+    try:
+        request = ExportTraceServiceRequest.FromString(bytes(body))
+    except Exception:
+        return
+    checked = validate_message(Signal.TRACES, request)
+    proven = proven_by_scan(Signal.TRACES, bytes(body))
     if checked.rejected:
         assert proven is None
     elif proven is not None:
