@@ -27,6 +27,7 @@ from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.otlp.validate import count_items, validate_message, validate_protobuf
 from otlp_ingest.receiver.limits import decompress
 from tests.golden import samples
+from tests.support.protowire import ld
 
 EXAMPLES = int(os.environ.get("OTLP_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(
@@ -176,35 +177,27 @@ def test_seeds_are_valid(signal: Signal) -> None:
 
 
 # Nesting: AnyValue inside arrays and kvlists, in protobuf and JSON, at depths around the limits.
-def _ld(field_number: int, payload: bytes) -> bytes:
-    length = len(payload)
-    out = bytearray([field_number << 3 | 2])
-    while True:
-        byte, length = length & 0x7F, length >> 7
-        out.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes(out) + payload
 
 
 def _nested_bodies(kinds: list[bool]) -> tuple[bytes, bytes]:
     """(protobuf, OTLP/JSON) one-span request whose attribute nests AnyValues per `kinds`:
     True = a kvlist level (3 messages), False = an array level (2 messages)."""
-    value_pb = _ld(3, b"leaf")
+    value_pb = ld(3, b"leaf")
     value_js = '{"stringValue":"leaf"}'
     for kvlist in kinds:
         if kvlist:
-            value_pb = _ld(6, _ld(1, _ld(1, b"k") + _ld(2, value_pb)))
+            value_pb = ld(6, ld(1, ld(1, b"k") + ld(2, value_pb)))
             value_js = '{"kvlistValue":{"values":[{"key":"k","value":' + value_js + "}]}}"
         else:
-            value_pb = _ld(5, _ld(1, value_pb))
+            value_pb = ld(5, ld(1, value_pb))
             value_js = '{"arrayValue":{"values":[' + value_js + "]}}"
     span = samples.build(Signal.TRACES, 1).resource_spans[0].scope_spans[0].spans[0]
-    span_pb = span.SerializeToString() + _ld(9, _ld(1, b"deep") + _ld(2, value_pb))
+    span_pb = span.SerializeToString() + ld(9, ld(1, b"deep") + ld(2, value_pb))
     doc = (
         '{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c",'
         '"spanId":"eee19b7ec3c1b174","attributes":[{"key":"deep","value":' + value_js + "}]}]}]}]}"
     )
-    return _ld(1, _ld(2, _ld(2, span_pb))), doc.encode()
+    return ld(1, ld(2, ld(2, span_pb))), doc.encode()
 
 
 @FUZZ

@@ -36,6 +36,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from otlp_ingest.otlp.signals import SIGNALS, Signal
 from tests.conftest import ServerProcess, wait_until
 from tests.golden import samples
+from tests.support.protowire import ld, varint
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -214,20 +215,6 @@ def status_of(response: bytes) -> int:
 
 
 # ------------------------------------------------------------------------------------- payloads
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def ld(field_number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
 
 
 def one_span(**overrides: Any) -> trace_service_pb2.ExportTraceServiceRequest:

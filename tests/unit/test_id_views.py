@@ -14,6 +14,7 @@ from otlp_ingest.otlp import id_views
 from otlp_ingest.otlp.id_views import proven_by_scan, proven_by_views
 from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.otlp.validate import validate_message
+from tests.support.protowire import ld, varint
 
 ID_LENGTHS = st.sampled_from([0, 1, 7, 8, 9, 15, 16, 17, 24, 32])
 
@@ -107,28 +108,15 @@ def test_random_bytes_never_prove_what_the_item_check_rejects(prove, body: bytes
         assert proven == checked.accepted
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _len_field(number: int, value: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
-
-
 def _request_of(span_bodies: list[bytes], extra_resource: bytes = b"", extra_scope: bytes = b"") -> bytes:
     """Raw ExportTraceServiceRequest bytes: one resource, one scope, these spans."""
-    scope = extra_scope + b"".join(_len_field(2, span) for span in span_bodies)
-    resource = extra_resource + _len_field(2, scope)
-    return _len_field(1, resource)
+    scope = extra_scope + b"".join(ld(2, span) for span in span_bodies)
+    resource = extra_resource + ld(2, scope)
+    return ld(1, resource)
 
 
 TRACE, SPAN, PARENT = b"\xab" * 16, b"\x12" * 8, b"\x22" * 8
-VALID_SPAN = _len_field(1, TRACE) + _len_field(2, SPAN) + _len_field(5, b"name")
+VALID_SPAN = ld(1, TRACE) + ld(2, SPAN) + ld(5, b"name")
 
 
 def _verdicts(body: bytes, prove) -> tuple[int, int | None]:
@@ -142,16 +130,16 @@ def _verdicts(body: bytes, prove) -> tuple[int, int | None]:
     ("span", "valid"),
     [
         (VALID_SPAN, True),
-        (VALID_SPAN + _len_field(4, PARENT), True),
-        (VALID_SPAN + _len_field(4, b""), True),  # an explicitly empty parent
-        (_len_field(1, TRACE) + _len_field(5, b"n"), False),  # no span_id
-        (_len_field(1, b"\xab" * 8) + _len_field(1, TRACE) + _len_field(2, SPAN), True),  # last wins
-        (VALID_SPAN + _len_field(1, b"\xab" * 8), False),  # last wins: the short one
-        (VALID_SPAN + _len_field(4, b"\x22" * 16), False),
-        (_varint(1 << 3 | 0) + b"\x05" + _len_field(2, SPAN), False),  # trace_id as a varint: absent
+        (VALID_SPAN + ld(4, PARENT), True),
+        (VALID_SPAN + ld(4, b""), True),  # an explicitly empty parent
+        (ld(1, TRACE) + ld(5, b"n"), False),  # no span_id
+        (ld(1, b"\xab" * 8) + ld(1, TRACE) + ld(2, SPAN), True),  # last wins
+        (VALID_SPAN + ld(1, b"\xab" * 8), False),  # last wins: the short one
+        (VALID_SPAN + ld(4, b"\x22" * 16), False),
+        (varint(1 << 3 | 0) + b"\x05" + ld(2, SPAN), False),  # trace_id as a varint: absent
         # unknown fields of every wire type around valid ids
-        (VALID_SPAN + _varint(99 << 3 | 0) + b"\x96\x01" + _varint(98 << 3 | 1) + b"\x00" * 8
-         + _varint(97 << 3 | 5) + b"\x00" * 4, True),
+        (VALID_SPAN + varint(99 << 3 | 0) + b"\x96\x01" + varint(98 << 3 | 1) + b"\x00" * 8
+         + varint(97 << 3 | 5) + b"\x00" * 4, True),
     ],
 )  # fmt: skip
 def test_wire_shapes(prove, span: bytes, valid: bool) -> None:
@@ -165,9 +153,7 @@ def test_wire_shapes(prove, span: bytes, valid: bool) -> None:
 
 @pytest.mark.parametrize("prove", IMPLEMENTATIONS)
 def test_unknown_fields_at_the_container_levels(prove) -> None:
-    body = _request_of(
-        [VALID_SPAN], extra_resource=_len_field(1, b"\x0a\x00"), extra_scope=_len_field(3, b"x")
-    )
+    body = _request_of([VALID_SPAN], extra_resource=ld(1, b"\x0a\x00"), extra_scope=ld(3, b"x"))
     assert _verdicts(body, prove) == (0, 1)
 
 
@@ -180,7 +166,7 @@ def test_unknown_fields_at_the_container_levels(prove) -> None:
         b"\x0b\x00",  # a group start at the top level
         b"\x00\x00",  # field number 0
         b"\x0a\x80",  # truncated varint
-        _varint(1 << 3 | 0) + b"\x01",  # resource_spans as a varint
+        varint(1 << 3 | 0) + b"\x01",  # resource_spans as a varint
     ],
 )
 def test_the_scan_gives_up_on_malformed_envelopes(body: bytes) -> None:
