@@ -52,15 +52,18 @@ class ExportRunner:
         self._pool = ThreadPoolExecutor(max_workers=OFFLOAD_THREADS, thread_name_prefix="export-offload")
         self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
 
-    def run(self, work: Work, offload: bool, done: Done) -> None:
+    def run(self, work: Work, offload: bool, done: Done) -> bool:
+        """Run `work`; True when its answer comes from a slow path (a task: offloaded, or a
+        durable-mode fsync), False when `done` was called already or is called by this loop
+        turn's flush, before the loop reads from any socket again."""
         if offload:
             self._spawn(self._slow(work, None, done))
-            return
+            return True
         try:
             result = work(done)
         except Exception as exc:  # every failure becomes a status: the transport maps it
             done(None, exc)
-            return
+            return False
         if result is None:  # staged: answered by the flush
             if not self._flush_scheduled:
                 self._flush_scheduled = True
@@ -69,6 +72,8 @@ class ExportRunner:
             done(result, None)
         else:
             self._spawn(self._slow(work, result, done))
+            return True
+        return False
 
     def _flush(self) -> None:
         self._flush_scheduled = False

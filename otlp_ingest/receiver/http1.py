@@ -6,7 +6,9 @@ that does nothing, against ~35 us for a protocol that calls httptools and writes
 
 - Keep-alive and pipelining: responses go out in request order (`_queue`); while a request waits
   on a slow path (a big body decoded off the loop, a durable-mode fsync), reading pauses, so a
-  pipelining client cannot queue unbounded work.
+  pipelining client cannot queue unbounded work. Small requests are answered by the flush at the
+  end of the loop turn (`ExportRunner`), before the next read: one read's worth of pipelined
+  requests at most, so reading goes on.
 - `Expect: 100-continue` is answered when the request is accepted at its headers; a request
   refused at its headers gets its final answer at once (and, when its body may follow, the
   connection is closed after it).
@@ -234,9 +236,12 @@ class HttpConnection(asyncio.Protocol):
                 return
             self._idle()
             return
-        slot.exchange.complete(lambda answer: self._answered(slot, answer))
-        if slot.response is None and not self._paused and not self.closing:
-            self._paused = True  # a slow path: read no further requests until it is answered
+        slow = slot.exchange.complete(lambda answer: self._answered(slot, answer))
+        if slow and slot.response is None and not self._paused and not self.closing:
+            # A slow path: read no further requests until it is answered. Not for a staged
+            # request, answered by this loop turn's flush before the next read anyway: pausing
+            # and resuming cost two epoll changes (syscalls) per request.
+            self._paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
 
     # --- responses ---------------------------------------------------------------------------------

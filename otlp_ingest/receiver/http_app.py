@@ -241,11 +241,13 @@ class Exchange:
         )
         return self._refuse(exc, close=True)
 
-    def complete(self, done: Callable[[Response], None]) -> None:
-        """The body is complete: export it and call `done` with the answer (once)."""
+    def complete(self, done: Callable[[Response], None]) -> bool:
+        """The body is complete: export it and call `done` with the answer (once). True when the
+        answer comes from a slow path (`ExportRunner.run`), False when it is given in this loop
+        turn."""
         if self.refusal is not None:
             done(self.refusal)
-            return
+            return False
         chunks = self._chunks
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
@@ -272,7 +274,7 @@ class Exchange:
                 self.release()
                 done(error_response(exc or RuntimeError("no result"), fmt, f"{SIGNALS[signal].name} export"))
 
-        app.runner.run(work, should_offload(len(raw), encoding != "identity"), answer)
+        return app.runner.run(work, should_offload(len(raw), encoding != "identity"), answer)
 
 
 class OtlpHttpApp:
