@@ -7,8 +7,8 @@ that does nothing, against ~35 us for a protocol that calls httptools and writes
 - Keep-alive and pipelining: responses go out in request order (`_queue`); while a request waits
   on a slow path (a big body decoded off the loop, a durable-mode fsync), reading pauses, so a
   pipelining client cannot queue unbounded work. Small requests are answered by the flush at the
-  end of the loop turn (`ExportRunner`), before the next read: one read's worth of pipelined
-  requests at most, so reading goes on.
+  end of the loop turn (`ExportRunner`) and what they hold meanwhile is capped (a signal's staged
+  requests are written out at 256 KiB, `ExportService._stage`), so reading goes on for them.
 - `Expect: 100-continue` is answered when the request is accepted at its headers; a request
   refused at its headers gets its final answer at once (and, when its body may follow, the
   connection is closed after it).
