@@ -207,3 +207,41 @@ def test_mutated_requests_never_prove_what_the_item_check_rejects(edits: list[tu
         assert proven is None
     elif proven is not None:
         assert proven == checked.accepted
+
+
+@requires_scan
+def test_the_scan_never_reads_past_the_body() -> None:
+    """Each body ends exactly where a PROT_NONE page begins, so a read one byte past its end
+    kills the process: truncated and mutated real requests, every cut of a short one."""
+    import ctypes
+    import mmap
+    import random
+
+    page = mmap.PAGESIZE
+    size = 32 * page
+    area = mmap.mmap(-1, size + page)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(area))
+    assert ctypes.CDLL(None).mprotect(ctypes.c_void_p(address + size), page, 0) == 0
+
+    def scan_at_the_edge(data: bytes, signal: Signal) -> None:
+        area[size - len(data) : size] = data
+        view = memoryview(area)[size - len(data) : size]
+        proven_by_scan(signal, view)  # type: ignore[arg-type]
+        view.release()
+
+    short = PayloadFactory("traces", 2).build(token_for(b"idviews!", 3))
+    for cut in range(len(short) + 1):
+        scan_at_the_edge(short[:cut], Signal.TRACES)
+    rnd = random.Random(5)
+    seeds = [
+        PayloadFactory(name, n).build(token_for(b"idviews!", 4))
+        for name in ("traces", "logs")
+        for n in (1, 10)
+    ]
+    for _ in range(5000):
+        body = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 4)):
+            at = rnd.randrange(len(body))
+            body[at] = rnd.randrange(256)
+        cut = rnd.randrange(1, len(body) + 1)
+        scan_at_the_edge(bytes(body[:cut]), rnd.choice((Signal.TRACES, Signal.LOGS)))
