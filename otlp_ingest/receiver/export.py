@@ -134,6 +134,24 @@ class _Staged:
     done: Done
 
 
+class _StagedRecord:
+    """The staged requests of one signal: the ring record `flush_staged` will write for them."""
+
+    __slots__ = ("accepted", "entries", "payloads", "size")
+
+    def __init__(self) -> None:
+        self.entries: list[_Staged] = []
+        self.payloads: list[bytes] = []
+        self.size = 0  # bytes of the payloads
+        self.accepted = 0  # items of the payloads
+
+    def add(self, payload: bytes, entry: _Staged) -> None:
+        self.entries.append(entry)
+        self.payloads.append(payload)
+        self.size += len(payload)
+        self.accepted += entry.accepted
+
+
 @dataclass(slots=True)
 class ExportResult:
     """What the transport sends back: `response` is the serialized Export*ServiceResponse in the
@@ -311,10 +329,13 @@ class ExportService:
         self._series: dict[tuple[Signal, str], _Series] = {}
         self._full_log = RateLimitedLogger(log)
         self._full_hint = QueueFullHint()
-        # Staged requests per signal (see `export(done=...)`): their payloads and their bytes.
-        self._staged: dict[Signal, list[_Staged]] = {}
-        self._staged_payloads: dict[Signal, list[bytes]] = {}
-        self._staged_bytes: dict[Signal, int] = {}
+        # Staged requests per signal (see `export(done=...)`), and the bytes they hold in all.
+        self._staged: dict[Signal, _StagedRecord] = {}
+        self._staged_size = 0
+        # Fixed for the writer's lifetime, read on every request: looked up once.
+        self._has_room_for = getattr(ring_writer, "has_room_for", None) if self._log is None else None
+        # Bytes one staged record may hold: small beside a batch, and always a valid record.
+        self._coalesce_max = min(COALESCE_MAX_BYTES, settings.batch_max_bytes, ring_writer.max_payload)
         # Empty responses are the common case: build them once.
         self._empty = {(signal, "protobuf"): response_bytes(signal) for signal in SIGNALS} | {
             (signal, "json"): b"{}" for signal in SIGNALS
@@ -425,7 +446,7 @@ class ExportService:
                     )
                     return None
                 try:
-                    ticket = self._write(signal, accepted, validated.payload)
+                    ticket = self._write(signal, accepted, validated.payload, len(validated.payload))
                 except (errors.RetryableError, errors.PayloadTooLarge):
                     refused = accepted + rejected
                     raise
@@ -442,16 +463,14 @@ class ExportService:
     def _stage(self, signal: Signal, payload: bytes, entry: _Staged) -> None:
         if len(payload) > self._ring.max_payload:
             self._check_fits(len(payload))  # raises: it would never fit
-        if self._staged_bytes.get(signal, 0) + len(payload) > self._coalesce_max:
+        record = self._staged.get(signal)
+        if record is not None and record.size + len(payload) > self._coalesce_max:
             self._flush_signal(signal)
-        self._staged.setdefault(signal, []).append(entry)
-        self._staged_payloads.setdefault(signal, []).append(payload)
-        self._staged_bytes[signal] = self._staged_bytes.get(signal, 0) + len(payload)
-
-    @property
-    def _coalesce_max(self) -> int:
-        """Bytes one staged record may hold: small beside a batch, and always a valid record."""
-        return min(COALESCE_MAX_BYTES, self._settings.batch_max_bytes, self._ring.max_payload)
+            record = None
+        if record is None:
+            record = self._staged[signal] = _StagedRecord()
+        record.add(payload, entry)
+        self._staged_size += len(payload)
 
     def flush_staged(self) -> None:
         """Write the staged requests (one record per signal) and answer each (see `export`)."""
@@ -459,18 +478,17 @@ class ExportService:
             self._flush_signal(signal)
 
     def _flush_signal(self, signal: Signal) -> None:
-        entries = self._staged.pop(signal, None)
-        payloads = self._staged_payloads.pop(signal, [])
-        self._staged_bytes.pop(signal, None)
-        if not entries:
+        record = self._staged.pop(signal, None)
+        if record is None:
             return
+        self._staged_size -= record.size
         error: BaseException | None = None
         try:
-            self._write(signal, sum(e.accepted for e in entries), payloads)
+            self._write(signal, record.accepted, record.payloads, record.size)
         except Exception as exc:  # every staged request gets the same answer
             error = exc
         now = time.perf_counter()
-        for entry in entries:
+        for entry in record.entries:
             if error is None:
                 entry.series.count(entry.accepted, entry.rejected, entry.outcome, now - entry.started)
                 result: ExportResult | None = ExportResult(entry.response, entry.accepted, entry.rejected)
@@ -537,10 +555,11 @@ class ExportService:
                 f"{self._ring.max_payload} bytes (raise OTLP_QUEUE_BYTES)"
             )
 
-    def _write(self, signal: Signal, accepted: int, payload: bytes | list[bytes]) -> int | None:
-        """Queue the record (`payload`, or the concatenation of staged payloads); None (ring) or
-        the log's durability ticket. Raises QueueFull / DiskFull / PayloadTooLarge / ShuttingDown."""
-        self._check_fits(len(payload) if isinstance(payload, bytes) else sum(map(len, payload)))
+    def _write(self, signal: Signal, accepted: int, payload: bytes | list[bytes], size: int) -> int | None:
+        """Queue the record (`payload`, or the concatenation of staged payloads: `size` bytes);
+        None (ring) or the log's durability ticket. Raises QueueFull / DiskFull / PayloadTooLarge /
+        ShuttingDown."""
+        self._check_fits(size)
         with self._lock:
             if self._closed:
                 raise errors.ShuttingDown(
@@ -567,11 +586,11 @@ class ExportService:
     def _room_for(self, size: int) -> bool:
         """Whether the shared-memory ring has room now for `size` more bytes after what is
         staged (optimistic: the write itself decides; the log and test fakes always say yes)."""
-        has_room_for = getattr(self._ring, "has_room_for", None) if self._log is None else None
+        has_room_for = self._has_room_for
         if has_room_for is None or size > self._ring.max_payload:
             return True  # a body that never fits is answered 413 by the write path
         with self._lock:
-            return has_room_for(size + sum(self._staged_bytes.values()))
+            return has_room_for(size + self._staged_size)
 
     def _queue_full(self, signal: Signal, items: int) -> errors.QueueFull:
         """The refusal for a full queue, with the growing retry hint (QueueFullHint), logged at a

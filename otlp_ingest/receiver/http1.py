@@ -39,6 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import httptools
 
@@ -236,7 +237,7 @@ class HttpConnection(asyncio.Protocol):
                 return
             self._idle()
             return
-        slow = slot.exchange.complete(lambda answer: self._answered(slot, answer))
+        slow = slot.exchange.complete(partial(self._answered, slot))
         if slow and slot.response is None and not self._paused and not self.closing:
             # A slow path: read no further requests until it is answered. Not for a staged
             # request, answered by this loop turn's flush before the next read anyway: pausing
