@@ -1,18 +1,24 @@
-"""The one C extension: otlp_ingest/otlp/_idscan.c (the id-length proof, docs/performance.md).
+"""The C extensions (docs/performance.md):
 
-Optional: where no C compiler is found the build goes on without it and otlp/id_views.py uses
-its pure-Python proof instead (slower, same answers). Everything else is in pyproject.toml.
+- otlp_ingest/otlp/_idscan.c: the id-length proof after a decode (otlp/id_views.py);
+- otlp_ingest/otlp/_wirecheck.c: the proof that a request is valid as it stands, without a
+  decode (otlp/wire_check.py);
+
+All optional: where no C compiler is found the build goes on without them; id_views.py then uses
+its pure-Python proof (slower, same answers) and the wire proof is off (every request is decoded). Everything else is in pyproject.toml.
 """
 
 from setuptools import Extension, setup
 
+_FLAGS = ["-O2", "-std=c99", "-Wall", "-Wextra", "-Werror=vla"]
+_MODULES = {
+    "otlp_ingest.otlp._idscan": "otlp_ingest/otlp/_idscan.c",
+    "otlp_ingest.otlp._wirecheck": "otlp_ingest/otlp/_wirecheck.c",
+}
+
 setup(
     ext_modules=[
-        Extension(
-            "otlp_ingest.otlp._idscan",
-            ["otlp_ingest/otlp/_idscan.c"],
-            extra_compile_args=["-O2", "-std=c99", "-Wall", "-Wextra", "-Werror=vla"],
-            optional=True,
-        )
+        Extension(name, [source], extra_compile_args=_FLAGS, optional=True)
+        for name, source in _MODULES.items()
     ]
 )

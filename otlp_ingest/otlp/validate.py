@@ -36,6 +36,7 @@ from google.protobuf.message import DecodeError, Message
 from otlp_ingest.errors import InvalidArgument
 from otlp_ingest.otlp.id_views import COMPILED, proven_item_count
 from otlp_ingest.otlp.signals import SIGNALS, Signal
+from otlp_ingest.otlp.wire_check import proven_item_count as proven_on_the_wire
 
 __all__ = ["ValidatedPayload", "count_items", "validate_message", "validate_protobuf"]
 
@@ -77,6 +78,12 @@ def validate_protobuf(signal: Signal, body: bytes, max_item_bytes: int = 0) -> V
     `max_item_bytes` > 0 also drops items too large to ever be sent alone (module docstring).
     Raises `InvalidArgument("malformed protobuf: ...")` if `body` does not decode.
     """
+    if not max_item_bytes or len(body) <= max_item_bytes:
+        # Most requests are valid as they stand: proven in one pass over the bytes (wire_check),
+        # without building the decoded message only to drop it.
+        count = proven_on_the_wire(signal, body)
+        if count is not None:
+            return ValidatedPayload(body, count, 0, "")
     try:
         message = SIGNALS[signal].request_type.FromString(body)
     except DecodeError as exc:
