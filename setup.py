@@ -3,9 +3,12 @@
 - otlp_ingest/otlp/_idscan.c: the id-length proof after a decode (otlp/id_views.py);
 - otlp_ingest/otlp/_wirecheck.c: the proof that a request is valid as it stands, without a
   decode (otlp/wire_check.py);
+- otlp_ingest/receiver/_http1scan.c: the request heads the HTTP/1.1 fast path serves
+  (receiver/http1_fast.py).
 
 All optional: where no C compiler is found the build goes on without them; id_views.py then uses
-its pure-Python proof (slower, same answers) and the wire proof is off (every request is decoded). Everything else is in pyproject.toml.
+its pure-Python proof (slower, same answers) and the other two shortcuts are off (every request
+takes the general path). Everything else is in pyproject.toml.
 """
 
 from setuptools import Extension, setup
@@ -14,6 +17,7 @@ _FLAGS = ["-O2", "-std=c99", "-Wall", "-Wextra", "-Werror=vla"]
 _MODULES = {
     "otlp_ingest.otlp._idscan": "otlp_ingest/otlp/_idscan.c",
     "otlp_ingest.otlp._wirecheck": "otlp_ingest/otlp/_wirecheck.c",
+    "otlp_ingest.receiver._http1scan": "otlp_ingest/receiver/_http1scan.c",
 }
 
 setup(

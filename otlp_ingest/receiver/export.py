@@ -41,6 +41,7 @@ from otlp_ingest.otlp.item_count import count_items_unread
 from otlp_ingest.otlp.json_codec import decode_json
 from otlp_ingest.otlp.signals import SIGNALS, Signal, response_bytes
 from otlp_ingest.otlp.validate import ValidatedPayload, validate_message, validate_protobuf
+from otlp_ingest.otlp.wire_check import proven_item_count
 from otlp_ingest.telemetry import metrics
 from otlp_ingest.telemetry.logging import RateLimitedLogger
 from otlp_ingest.wal import DiskFull
@@ -459,6 +460,28 @@ class ExportService:
         except BaseException as exc:
             series.count(0, refused, outcome_for(exc), time.perf_counter() - started)
             raise
+
+    def export_proven(self, signal: Signal, body: bytes, transport: str) -> bool:
+        """The fast path's export (shared-memory rings only): when `body` is a protobuf request
+        proven valid as it stands (`wire_check`) and the ring takes it as one record now, count
+        it and return True: the caller answers 200 with an empty response. Otherwise return
+        False having done and counted nothing, and the caller runs the general path (`export`),
+        which finds and answers whatever the matter is (draining, memory, queue full, invalid
+        items, ...): this only skips work for the request that needs none of it."""
+        if self._draining or self._log is not None or (self._memory is not None and self._memory.state()):
+            return False
+        if len(body) > self._coalesce_max:
+            return False  # also keeps the batch byte cap's check (`_validated`) out of this path
+        started = time.perf_counter()
+        count = proven_item_count(signal, body)
+        if not count:  # not proven, or no items (the general path writes nothing for those)
+            return False
+        with self._lock:
+            if self._closed or not self._ring.try_write(signal, count, body):  # type: ignore[union-attr]
+                return False
+            self._full_hint.accepted()
+        self._series_for(signal, transport).count(count, 0, "ok", time.perf_counter() - started)
+        return True
 
     def _stage(self, signal: Signal, payload: bytes, entry: _Staged) -> None:
         if len(payload) > self._ring.max_payload:

@@ -4,6 +4,12 @@ Why not uvicorn + starlette: per request they cost ~90-105 us of CPU on this mac
 that does nothing, against ~35 us for a protocol that calls httptools and writes bytes
 (docs/performance.md). What a request means lives in `http_app.py`; this module is HTTP only:
 
+- The fast path (`http1_fast.py`): while nothing else is in progress on the connection, the
+  plain valid protobuf request is read, queued and answered in `data_received` without llhttp's
+  callbacks; whatever it does not take whole goes to llhttp from its first byte, so everything
+  below applies unchanged. A taken head whose body is still arriving is held once (deadlines
+  then replay it through llhttp, so it is answered as any late request).
+
 - Keep-alive and pipelining: responses go out in request order (`_queue`); while a request waits
   on a slow path (a big body decoded off the loop, a durable-mode fsync), reading pauses, so a
   pipelining client cannot queue unbounded work. Small requests are answered by the flush at the
@@ -128,6 +134,7 @@ class HttpConnection(asyncio.Protocol):
         self._queue: deque[_Slot] = deque()
         self._paused = False
         self._draining = False  # close once idle (worker shutdown)
+        self._held = b""  # a fast-path request whose body is still arriving (see _serve_fast)
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -155,6 +162,24 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # lingering: drop what still arrives
+        held = self._held
+        if held:
+            self._held = b""
+            data = held + data
+        if (
+            self.app.fast is not None
+            and not self._queue
+            and self._current is None
+            and not self._in_headers
+            and not self._draining
+        ):
+            data = self._serve_fast(data, may_hold=not held)
+            if not data:
+                return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """The general path: `data` to llhttp, whose callbacks below handle the requests."""
         if not self._request_start:
             self._request_start = self.clock()
             self._in_headers = True
@@ -174,6 +199,45 @@ class HttpConnection(asyncio.Protocol):
                     "header-size", "HTTP request headers over %d bytes: closing", MAX_HEADER_BYTES
                 )
                 self._answer_and_close(_HEADERS_TOO_LARGE)
+
+    def _serve_fast(self, data: bytes, may_hold: bool) -> bytes:
+        """Serve the requests at the start of `data` that the fast path takes whole
+        (http1_fast.py), answering each at once; return the bytes left for the general path,
+        from the first request it did not take. A taken head whose body has not all arrived is
+        held (b"" returned) once: if the next bytes do not complete it, it goes to llhttp with
+        them, so a slow body costs at most one copy."""
+        fast = self.app.fast
+        assert fast is not None
+        start, size = 0, len(data)
+        while start < size:
+            found = fast.scan(data, start, fast.max_body)
+            if found is None:
+                break
+            signal, head_end, length = found
+            end = head_end + length
+            if end > size:
+                if may_hold:
+                    self._held = data[start:] if start else data
+                    if not self._request_start:
+                        self._request_start = self.clock()
+                    return b""
+                break
+            if self._aged(self.served + 1) or not fast.export(signal, data[head_end:end], "http"):
+                break  # the general path answers (and closes, for an aged connection)
+            self.served += 1
+            self.transport.write(fast.ok_head + date_line() + b"\r\n")  # type: ignore[union-attr]
+            start = end
+            self._request_start = 0.0
+        if start:
+            self._idle_since = self.clock()
+            return data[start:]
+        return data
+
+    def _feed_held(self) -> None:
+        """A held request goes to the general path (deadlines, shutdown): llhttp parses it."""
+        held, self._held = self._held, b""
+        if held:
+            self._feed(held)
 
     # --- httptools callbacks -------------------------------------------------------------------------
 
@@ -259,7 +323,7 @@ class HttpConnection(asyncio.Protocol):
             answer = slot.response
             assert answer is not None
             self.served += 1
-            close = answer.close or not slot.keep_alive or self._draining or self._aged()
+            close = answer.close or not slot.keep_alive or self._draining or self._aged(self.served)
             head = answer.head + date_line()
             if close:
                 self.transport.write(head + _CLOSE + b"\r\n" + answer.body)  # type: ignore[union-attr]
@@ -280,9 +344,10 @@ class HttpConnection(asyncio.Protocol):
         if self._draining and not self._request_start:
             self._close(lingering=False)
 
-    def _aged(self) -> bool:
+    def _aged(self, served: int) -> bool:
+        """Whether the response that makes `served` must close the connection (its age)."""
         config = self.config
-        if config.max_requests and self.served >= config.max_requests:
+        if config.max_requests and served >= config.max_requests:
             return True
         return bool(self.max_age) and self.clock() - self.opened >= self.max_age
 
@@ -325,6 +390,9 @@ class HttpConnection(asyncio.Protocol):
         timeout = self.config.read_timeout
         if self._request_start:
             if now - self._request_start <= timeout:
+                return
+            self._feed_held()  # a fast-path request late too: answered as any late request
+            if self.closing:
                 return
             slot = self._current
             if slot is None:  # headers late

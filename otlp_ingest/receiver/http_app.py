@@ -42,6 +42,7 @@ from otlp_ingest import errors
 from otlp_ingest.otlp.signals import SIGNAL_BY_PATH, SIGNALS, Signal
 from otlp_ingest.receiver.dispatch import Done, Receiving, should_offload
 from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ContentFormat, ExportResult
+from otlp_ingest.receiver.http1_fast import FastPath, fast_path_for
 from otlp_ingest.receiver.inflight import BODY_FACTOR, BodyBudget, http_body_slots, memory_limits
 from otlp_ingest.receiver.limits import decompress, normalize_encoding
 from otlp_ingest.receiver.rpc_status import client_message, status_bytes, status_json
@@ -278,7 +279,8 @@ class Exchange:
 
 
 class OtlpHttpApp:
-    """The OTLP/HTTP routes of one worker: three POST paths, the body limit and budget."""
+    """The OTLP/HTTP routes of one worker: three POST paths, the body limit and budget, and the
+    fast path for the plain request (`fast`, None where it is off)."""
 
     def __init__(self, receiving: Receiving) -> None:
         self.service = receiving.service
@@ -288,6 +290,10 @@ class OtlpHttpApp:
         self.limit = settings.http_max_body_bytes
         slots = http_body_slots(settings, memory_limits(settings))
         self.budget = BodyBudget(slots * BODY_FACTOR * self.limit)
+        # The plain valid protobuf request, served without the general path (http1_fast.py).
+        self.fast: FastPath | None = fast_path_for(
+            self.service, self.limit, self.tokens is not None, _OK_EMPTY["protobuf"].head
+        )
         log.debug(
             "HTTP body budget %d bytes (%d bodies of %d bytes x %d)",
             self.budget.capacity,

@@ -1,0 +1,62 @@
+"""The HTTP/1.1 fast path: the plain, valid, small protobuf request served in one call.
+
+What OTLP/HTTP exporters send almost every time is the same shape: `POST /v1/<signal>` with a
+Content-Length and `Content-Type: application/x-protobuf`, uncompressed, a few KiB of valid
+items. For that shape `HttpConnection.data_received` skips llhttp's callbacks, the `Exchange`,
+staging and the flush: `_http1scan.scan` (C) reads the head, `ExportService.export_proven`
+proves the body valid on the wire and writes it to the ring as one record, and the connection
+writes the 200 at once. Why: for a 10-span request that general machinery costs the process tree
+more than a Rust collector spends on the whole request (docs/performance.md, "Small HTTP
+requests").
+
+It is only a shortcut. Any request it does not take whole (another head form, a body not proven
+valid, a full ring, a draining worker, ...) goes to llhttp and the general path from its first
+byte, exactly as if the fast path did not exist, and that path gives every answer that is not a
+plain 200. So the HTTP rules of http1.py and http_app.py stay in one place; this module only
+has to be right about what it takes. Off (None from `fast_path_for`) with authentication (tokens
+are the general path's), in durable mode (the answer waits for the fsync) or without the C
+extensions.
+
+Bodies up to MAX_BODY bytes: beyond it the general path's staging and offloading pay off, and
+the fast path holds at most one such request per connection while its body arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from otlp_ingest.otlp import wire_check
+from otlp_ingest.receiver.export import ExportService
+
+try:
+    from otlp_ingest.receiver._http1scan import scan as _scan
+except ImportError:  # pragma: no cover - built without a C compiler
+    _scan = None
+
+MAX_BODY = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FastPath:
+    """What one worker's connections need to serve a request on the fast path:
+
+    - `scan(data, start, max_body)` -> (signal, head_end, content_length) when data[start:]
+      begins with a head the fast path takes (its body may still be arriving), else None;
+    - `export(signal, body, "http")` -> True when the request was queued and counted (answer
+      `ok_head`), False when nothing happened (run the general path).
+    """
+
+    scan: Callable[[bytes, int, int], tuple[int, int, int] | None]
+    export: Callable[[int, bytes, str], bool]
+    max_body: int
+    ok_head: bytes  # the 200's status line and headers, without Date and the blank line
+
+
+def fast_path_for(
+    service: ExportService, body_limit: int, authenticating: bool, ok_head: bytes
+) -> FastPath | None:
+    """The worker's fast path, or None where it must not run (see the module docstring)."""
+    if _scan is None or not wire_check.COMPILED or authenticating or service.is_durable:
+        return None
+    return FastPath(_scan, service.export_proven, min(MAX_BODY, body_limit), ok_head)
