@@ -2,7 +2,7 @@
  * side of otlp_ingest/otlp/wire_check.py (see its docstring for what "valid" means and why).
  *
  *     configure(messages)          # the schema, built from the protobuf descriptors once
- *     item_count(body, root) -> int  # -1: not proven (decode with upb and validate as usual)
+ *     item_count(root, body) -> int  # -1: not proven (decode with upb and validate as usual)
  *
  * `messages` is a list with one entry per message type, (is_item, fields), where `fields` is a
  * list of (number, kind, repeated, child, id_length, id_may_be_empty, once_bit):
@@ -239,16 +239,23 @@ static int check_message(const uint8_t *p, const uint8_t *end, const Message *me
     return 1;
 }
 
-static PyObject *item_count(PyObject *module, PyObject *args) {
+/* item_count(root, body): METH_FASTCALL, as it runs once per request. */
+static PyObject *item_count(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    Py_buffer body;
-    Py_ssize_t root;
-    if (!PyArg_ParseTuple(args, "y*n", &body, &root)) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "item_count(root, body) takes 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t root = PyLong_AsSsize_t(args[0]);
+    if (root == -1 && PyErr_Occurred()) {
         return NULL;
     }
     if (root < 0 || root >= schema_size) {
-        PyBuffer_Release(&body);
         PyErr_SetString(PyExc_ValueError, "no such message type (configure() first)");
+        return NULL;
+    }
+    Py_buffer body;
+    if (PyObject_GetBuffer(args[1], &body, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
     Py_ssize_t count = 0;
@@ -329,8 +336,8 @@ fail:
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_O, "configure(messages): the schema to check against."},
-    {"item_count", item_count, METH_VARARGS,
-     "item_count(body, root) -> items in a request proven valid as it stands, or -1."},
+    {"item_count", (PyCFunction)(void (*)(void))item_count, METH_FASTCALL,
+     "item_count(root, body) -> items in a request proven valid as it stands, or -1."},
     {NULL, NULL, 0, NULL},
 };
 

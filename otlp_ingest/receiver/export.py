@@ -41,7 +41,7 @@ from otlp_ingest.otlp.item_count import count_items_unread
 from otlp_ingest.otlp.json_codec import decode_json
 from otlp_ingest.otlp.signals import SIGNALS, Signal, response_bytes
 from otlp_ingest.otlp.validate import ValidatedPayload, validate_message, validate_protobuf
-from otlp_ingest.otlp.wire_check import proven_item_count
+from otlp_ingest.otlp.wire_check import item_counter
 from otlp_ingest.telemetry import metrics
 from otlp_ingest.telemetry.logging import RateLimitedLogger
 from otlp_ingest.wal import DiskFull
@@ -337,6 +337,8 @@ class ExportService:
         self._has_room_for = getattr(ring_writer, "has_room_for", None) if self._log is None else None
         # Bytes one staged record may hold: small beside a batch, and always a valid record.
         self._coalesce_max = min(COALESCE_MAX_BYTES, settings.batch_max_bytes, ring_writer.max_payload)
+        # The wire proof per signal, for `export_proven`: -1 when not proven.
+        self._item_counts = {signal: item_counter(signal) for signal in SIGNALS}
         # Empty responses are the common case: build them once.
         self._empty = {(signal, "protobuf"): response_bytes(signal) for signal in SIGNALS} | {
             (signal, "json"): b"{}" for signal in SIGNALS
@@ -473,8 +475,8 @@ class ExportService:
         if len(body) > self._coalesce_max:
             return False  # also keeps the batch byte cap's check (`_validated`) out of this path
         started = time.perf_counter()
-        count = proven_item_count(signal, body)
-        if not count:  # not proven, or no items (the general path writes nothing for those)
+        count = self._item_counts[signal](body)
+        if count <= 0:  # not proven (-1), or no items (the general path writes nothing for those)
             return False
         with self._lock:
             if self._closed or not self._ring.try_write(signal, count, body):  # type: ignore[union-attr]

@@ -209,6 +209,7 @@ class HttpConnection(asyncio.Protocol):
         fast = self.app.fast
         assert fast is not None
         start, size = 0, len(data)
+        now = self.clock()
         while start < size:
             found = fast.scan(data, start, fast.max_body)
             if found is None:
@@ -219,17 +220,17 @@ class HttpConnection(asyncio.Protocol):
                 if may_hold:
                     self._held = data[start:] if start else data
                     if not self._request_start:
-                        self._request_start = self.clock()
+                        self._request_start = now
                     return b""
                 break
-            if self._aged(self.served + 1) or not fast.export(signal, data[head_end:end], "http"):
+            if self._aged(self.served + 1, now) or not fast.export(signal, data[head_end:end], "http"):
                 break  # the general path answers (and closes, for an aged connection)
             self.served += 1
             self.transport.write(fast.ok_head + date_line() + b"\r\n")  # type: ignore[union-attr]
             start = end
             self._request_start = 0.0
         if start:
-            self._idle_since = self.clock()
+            self._idle_since = now
             return data[start:]
         return data
 
@@ -344,12 +345,13 @@ class HttpConnection(asyncio.Protocol):
         if self._draining and not self._request_start:
             self._close(lingering=False)
 
-    def _aged(self, served: int) -> bool:
-        """Whether the response that makes `served` must close the connection (its age)."""
+    def _aged(self, served: int, now: float = 0.0) -> bool:
+        """Whether the response that makes `served` must close the connection (its age); `now`:
+        the clock, when the caller has read it."""
         config = self.config
         if config.max_requests and served >= config.max_requests:
             return True
-        return bool(self.max_age) and self.clock() - self.opened >= self.max_age
+        return bool(self.max_age) and (now or self.clock()) - self.opened >= self.max_age
 
     def _answer_and_close(self, answer: Response) -> None:
         """An answer outside the request order (bad HTTP, header limits): only when nothing is
