@@ -4,11 +4,14 @@
 - otlp_ingest/otlp/_wirecheck.c: the proof that a request is valid as it stands, without a
   decode (otlp/wire_check.py);
 - otlp_ingest/receiver/_http1scan.c: the request heads the HTTP/1.1 fast path serves
-  (receiver/http1_fast.py).
+  (receiver/http1_fast.py);
+- otlp_ingest/ring/_records.c: one ring record written or read (checksum included) in one call
+  (ring/writer.py, ring/reader.py).
 
 All optional: where no C compiler is found the build goes on without them; id_views.py then uses
-its pure-Python proof (slower, same answers) and the other two shortcuts are off (every request
-takes the general path). Everything else is in pyproject.toml.
+its pure-Python proof (slower, same answers), the ring's Python lines write and read records (the
+same bytes), and the other two shortcuts are off (every request takes the general path).
+Everything else is in pyproject.toml.
 """
 
 from setuptools import Extension, setup
@@ -18,6 +21,7 @@ _MODULES = {
     "otlp_ingest.otlp._idscan": "otlp_ingest/otlp/_idscan.c",
     "otlp_ingest.otlp._wirecheck": "otlp_ingest/otlp/_wirecheck.c",
     "otlp_ingest.receiver._http1scan": "otlp_ingest/receiver/_http1scan.c",
+    "otlp_ingest.ring._records": "otlp_ingest/ring/_records.c",
 }
 
 setup(

@@ -104,6 +104,11 @@ from typing import NamedTuple
 
 import google_crc32c
 
+try:  # one record written or read in one call (_records.c); optional like every extension
+    from otlp_ingest.ring import _records as native_records
+except ImportError:  # pragma: no cover - built without a C compiler
+    native_records = None  # type: ignore[assignment]
+
 MAGIC = b"OTLPRING"
 LAYOUT_VERSION = 1
 HEADER_SIZE = 256

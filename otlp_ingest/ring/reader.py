@@ -17,6 +17,8 @@ _OFF_TAIL = layout.OFF_TAIL
 _OFF_TAIL_SEQ = layout.OFF_TAIL_SEQ
 _KNOWN_FLAGS = layout.KNOWN_FLAGS
 _crc = layout.record_crc
+_take = layout.native_records.take if layout.native_records is not None else None
+_CRC32C = layout.FLAG_CRC32C
 
 
 class RingReader:
@@ -78,11 +80,16 @@ class RingReader:
                 f"ring {self.name}: record at {hdr.start} has seq {hdr.seq}, expected {self._next_seq}"
             )
         off = _DATA + hdr.start % self.capacity
-        payload = mm[off + _HDR_SIZE : off + _HDR_SIZE + hdr.payload_len]
-        # The crc covers the meta fields and the payload copy we hand out.
         if hdr.flags & ~_KNOWN_FLAGS:
             raise RingCorrupt(f"ring {self.name}: unknown flags {hdr.flags:#x} in record seq {hdr.seq}")
-        if _crc(hdr.flags, mm[off + _META_START : off + _HDR_SIZE], payload) != hdr.crc:
+        # The crc covers the meta fields and the payload copy we hand out.
+        if _take is not None and hdr.flags & _CRC32C:
+            payload = _take(mm, off, hdr.payload_len, hdr.crc)  # the two lines below in one call
+        else:
+            payload = mm[off + _HDR_SIZE : off + _HDR_SIZE + hdr.payload_len]
+            if _crc(hdr.flags, mm[off + _META_START : off + _HDR_SIZE], payload) != hdr.crc:
+                payload = None
+        if payload is None:
             raise RingCorrupt(f"ring {self.name}: checksum mismatch in record seq {hdr.seq} at {hdr.start}")
         self._cursor = hdr.end
         self._next_seq = hdr.seq + 1

@@ -22,6 +22,8 @@ _PAGE = layout.PAGE
 _RESERVE_STEP = 1024 * 1024
 _FLAGS = layout.WRITE_FLAGS
 _crc = layout.record_crc
+# The C record writer, for CRC-32C records (None: the Python lines of `try_write` write them).
+_put = layout.native_records.put if layout.native_records and _FLAGS & layout.FLAG_CRC32C else None
 
 
 class RingWriter:
@@ -122,7 +124,12 @@ class RingWriter:
             layout.U32.pack_into(mm, _DATA + phys, layout.WRAP_MARKER)
             phys = 0
         off = _DATA + phys
-        crc = _crc(_FLAGS, _META.pack(signal, _FLAGS, item_count, seq), parts)
+        if _put is not None:  # the same bytes and stores as below, in one call (_records.c)
+            _put(mm, off, payload if len(parts) == 1 else parts, signal, _FLAGS, item_count, seq, new_head)
+            self._head = new_head
+            self._head_seq = seq + 1
+            return True
+        crc = _crc(_FLAGS, _META.pack(signal, _FLAGS, item_count, seq), payload if len(parts) == 1 else parts)
         _HEADER.pack_into(mm, off, n, crc, signal, _FLAGS, item_count, seq)
         pos = off + _HDR_SIZE
         for part in parts:

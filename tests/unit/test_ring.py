@@ -714,6 +714,7 @@ def test_records_with_zlib_crc_from_older_writers_still_read(ring, monkeypatch) 
     name = ring()
     with RingWriter.attach(name) as writer:
         monkeypatch.setattr(writer_module, "_FLAGS", 0)
+        monkeypatch.setattr(writer_module, "_put", None)  # an older writer: Python lines only
         assert writer.try_write(1, 3, b"old")
         monkeypatch.undo()
         assert writer.try_write(1, 4, b"new")
@@ -723,4 +724,45 @@ def test_records_with_zlib_crc_from_older_writers_still_read(ring, monkeypatch) 
     assert _peek(name, layout.HEADER_SIZE + 10, 2) == b"\x00\x00"  # the old record's flags
     _poke(name, layout.HEADER_SIZE + 10, b"\x02\x00")  # an unknown flag: refused, not guessed at
     with RingReader.attach(name) as reader, pytest.raises(RingCorrupt):
+        reader.read()
+
+
+@pytest.mark.skipif(layout.native_records is None, reason="the _records extension was not built")
+def test_the_c_record_writer_and_reader_match_the_python_lines(ring, monkeypatch) -> None:
+    """_records.c writes the bytes the Python lines write, reads what they wrote, and computes
+    google_crc32c's CRC-32C; a payload byte changed after the write is a checksum mismatch."""
+    import random
+
+    import google_crc32c
+
+    from otlp_ingest.ring import reader as reader_module
+    from otlp_ingest.ring import writer as writer_module
+
+    rng = random.Random(7)
+    for n in (0, 1, 7, 8, 9, 63, 64, 1737, 16499):
+        data = rng.randbytes(n)
+        assert layout.native_records.crc32c(data) == google_crc32c.value(data)
+        assert layout.native_records.crc32c(data[n // 2 :], google_crc32c.value(data[: n // 2])) == (
+            google_crc32c.value(data)
+        )
+    payloads = [rng.randbytes(rng.randrange(1, 3000)) for _ in range(40)]
+    images = []
+    for native in (True, False):
+        name = ring(capacity=200_000, max_records=100)
+        if not native:
+            monkeypatch.setattr(writer_module, "_put", None)
+        with RingWriter.attach(name) as writer:
+            for i, payload in enumerate(payloads):
+                parts = [payload[:5], memoryview(payload[5:])] if i % 3 == 0 else payload
+                assert writer.try_write(1 + i % 3, i, parts)
+        images.append(_peek(name, 0, layout.HEADER_SIZE + 200_000)[64:])  # past the static header
+        monkeypatch.undo()
+        for take in (reader_module._take, None):
+            monkeypatch.setattr(reader_module, "_take", take)
+            with RingReader.attach(name) as reader:
+                assert [reader.read().payload for _ in payloads] == payloads
+            monkeypatch.undo()
+    assert images[0] == images[1]
+    _poke(name, layout.HEADER_SIZE + layout.RECORD_HEADER_SIZE, b"\x00")
+    with RingReader.attach(name) as reader, pytest.raises(RingCorrupt, match="checksum"):
         reader.read()
