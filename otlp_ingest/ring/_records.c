@@ -2,7 +2,8 @@
  * ring/writer.py (`try_write`) and ring/reader.py (`read`). Byte layout: ring/layout.py.
  *
  *     put(mm, offset, payload, signal, flags, item_count, seq, new_head)
- *     take(mm, offset, payload_len, crc) -> bytes | None
+ *     read(mm, capacity, pos, head, max_payload, seq) -> (seq, signal, item_count, start, end,
+ *                                                        payload) | None
  *
  * `put` stores the record header (payload_len u32, crc u32, signal u16, flags u16, item_count
  * u32, seq u64, little-endian) at mm[offset], the payload (bytes, or a list of bytes written as
@@ -10,8 +11,13 @@
  * head_seq := seq + 1, each one 8-byte release store (the reader sees the record bytes before
  * the head that covers them). The caller has decided where the record goes and that it fits.
  *
- * `take` copies the payload of the record whose header is at mm[offset] and returns it when the
- * CRC-32C of header bytes [8, 24) and the payload equals `crc`, else None.
+ * `read` is the whole of RingReader.read for the record at stream position `pos` below the
+ * published `head`: follow a wrap marker, check the header lies inside the ring and below head,
+ * its seq is `seq`, its flags are exactly FLAG_CRC32C, copy the payload out and check the CRC-32C
+ * of header bytes [8, 24) and that copy (not of the shared bytes, which a writer could change)
+ * against the header's. It answers None for anything
+ * else, and the reader then runs its Python lines, which raise the precise RingCorrupt (or read
+ * a zlib-CRC record of an old ring).
  *
  * Both handle CRC-32C records only (layout.FLAG_CRC32C): the Python code keeps zlib's CRC-32 of
  * old rings. CRC-32C (Castagnoli, reflected, init and final xor ~0) is computed with the SSE 4.2
@@ -153,34 +159,62 @@ static PyObject *put(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     Py_RETURN_NONE;
 }
 
-/* take(mm, offset, payload_len, crc) -> bytes | None */
-static PyObject *take(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+static uint64_t get_le(const uint8_t *p, int bytes) {
+    uint64_t value = 0;
+    for (int i = bytes - 1; i >= 0; i--) value = value << 8 | p[i];
+    return value;
+}
+
+#define WRAP_MARKER 0xFFFFFFFFu
+
+/* read(mm, capacity, pos, head, max_payload, seq) */
+static PyObject *read_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "take() takes 4 arguments");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "read() takes 6 arguments");
         return NULL;
     }
-    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
-    Py_ssize_t length = PyLong_AsSsize_t(args[2]);
-    unsigned long expected = PyLong_AsUnsignedLong(args[3]);
+    unsigned long long capacity = PyLong_AsUnsignedLongLong(args[1]);
+    unsigned long long pos = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long head = PyLong_AsUnsignedLongLong(args[3]);
+    unsigned long long max_payload = PyLong_AsUnsignedLongLong(args[4]);
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[5]);
     if (PyErr_Occurred()) return NULL;
     Py_buffer view;
-    if (!record_view(args[0], &view, offset, RECORD_HEADER_SIZE + length)) return NULL;
-    const uint8_t *record = (const uint8_t *)view.buf + offset;
-    PyObject *payload = PyBytes_FromStringAndSize((const char *)record + RECORD_HEADER_SIZE, length);
-    if (payload == NULL) {
-        PyBuffer_Release(&view);
-        return NULL;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *result = NULL;
+    const uint8_t *data = (const uint8_t *)view.buf + HEADER_SIZE;
+    if (capacity == 0 || pos % 8 || (unsigned long long)view.len < HEADER_SIZE + capacity) goto other;
+    unsigned long long phys = pos % capacity;
+    if (capacity - phys < 4) goto other;
+    if (get_le(data + phys, 4) == WRAP_MARKER) {
+        pos += capacity - phys;
+        phys = 0;
+        if (pos >= head) goto other;
     }
-    /* The crc of the copy handed out, not of the shared bytes, which a writer could change. */
+    if (capacity - phys < RECORD_HEADER_SIZE) goto other;
+    const uint8_t *record = data + phys;
+    unsigned long long length = get_le(record, 4);
+    unsigned long long end = pos + ((RECORD_HEADER_SIZE + length + 7) & ~7ULL);
+    if (length > max_payload || end - pos > capacity - phys || end > head) goto other;
+    if (get_le(record + 10, 2) != FLAG_CRC32C || get_le(record + 16, 8) != seq) goto other;
+    PyObject *payload = PyBytes_FromStringAndSize((const char *)record + RECORD_HEADER_SIZE, (Py_ssize_t)length);
+    if (payload == NULL) goto done;
     uint32_t crc = extend(0, record + META_OFFSET, RECORD_HEADER_SIZE - META_OFFSET);
-    PyBuffer_Release(&view);
     crc = extend(crc, (const uint8_t *)PyBytes_AS_STRING(payload), (size_t)length);
-    if (crc != expected) {
+    if (crc != (uint32_t)get_le(record + 4, 4)) {
         Py_DECREF(payload);
-        Py_RETURN_NONE;
+        goto other;
     }
-    return payload;
+    result = Py_BuildValue("(KkkKKN)", seq, (unsigned long)get_le(record + 8, 2),
+                           (unsigned long)get_le(record + 12, 4), pos, end, payload);
+    goto done;
+other:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&view);
+    return result;
 }
 
 /* crc32c(data, crc=0): for tests, against google_crc32c. */
@@ -197,8 +231,8 @@ static PyObject *crc32c(PyObject *module, PyObject *args) {
 static PyMethodDef methods[] = {
     {"put", (PyCFunction)(void (*)(void))put, METH_FASTCALL,
      "put(mm, offset, payload, signal, flags, item_count, seq, new_head): write and publish a record."},
-    {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL,
-     "take(mm, offset, payload_len, crc) -> the record's payload, or None on a checksum mismatch."},
+    {"read", (PyCFunction)(void (*)(void))read_record, METH_FASTCALL,
+     "read(mm, capacity, pos, head, max_payload, seq) -> the record's fields, or None (see above)."},
     {"crc32c", crc32c, METH_VARARGS, "crc32c(data, crc=0) -> CRC-32C of data, extending crc."},
     {NULL, NULL, 0, NULL},
 };

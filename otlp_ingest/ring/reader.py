@@ -17,8 +17,8 @@ _OFF_TAIL = layout.OFF_TAIL
 _OFF_TAIL_SEQ = layout.OFF_TAIL_SEQ
 _KNOWN_FLAGS = layout.KNOWN_FLAGS
 _crc = layout.record_crc
-_take = layout.native_records.take if layout.native_records is not None else None
-_CRC32C = layout.FLAG_CRC32C
+_new_record = tuple.__new__  # Record from the C reader's tuple (what Record._make does)
+_read = layout.native_records.read if layout.native_records is not None else None
 
 
 class RingReader:
@@ -52,6 +52,7 @@ class RingReader:
         layout.store_u64(mm, layout.OFF_READER_PID, os.getpid())
         self._cursor = self._tail
         self._next_seq = self._tail_seq
+        self._max_payload = layout.max_payload(self.capacity)
 
     @classmethod
     def attach(cls, name: str) -> RingReader:
@@ -74,22 +75,25 @@ class RingReader:
                 raise RingCorrupt(f"ring {self.name}: head {head} is out of range of cursor {cursor}")
             self._head = head
         mm = self._mm
+        if _read is not None:  # the lines below in one call, for a sound CRC-32C record
+            found = _read(mm, self.capacity, cursor, self._head, self._max_payload, self._next_seq)
+            if found is not None:
+                record = _new_record(Record, found)
+                self._cursor = record.end
+                self._next_seq = record.seq + 1
+                return record
+        # Anything else (a damaged record, a zlib-CRC record of an old ring): the precise answer.
         hdr = header_at(mm, self.capacity, cursor, self._head, self.name)
         if hdr.seq != self._next_seq:
             raise RingCorrupt(
                 f"ring {self.name}: record at {hdr.start} has seq {hdr.seq}, expected {self._next_seq}"
             )
         off = _DATA + hdr.start % self.capacity
+        payload = mm[off + _HDR_SIZE : off + _HDR_SIZE + hdr.payload_len]
+        # The crc covers the meta fields and the payload copy we hand out.
         if hdr.flags & ~_KNOWN_FLAGS:
             raise RingCorrupt(f"ring {self.name}: unknown flags {hdr.flags:#x} in record seq {hdr.seq}")
-        # The crc covers the meta fields and the payload copy we hand out.
-        if _take is not None and hdr.flags & _CRC32C:
-            payload = _take(mm, off, hdr.payload_len, hdr.crc)  # the two lines below in one call
-        else:
-            payload = mm[off + _HDR_SIZE : off + _HDR_SIZE + hdr.payload_len]
-            if _crc(hdr.flags, mm[off + _META_START : off + _HDR_SIZE], payload) != hdr.crc:
-                payload = None
-        if payload is None:
+        if _crc(hdr.flags, mm[off + _META_START : off + _HDR_SIZE], payload) != hdr.crc:
             raise RingCorrupt(f"ring {self.name}: checksum mismatch in record seq {hdr.seq} at {hdr.start}")
         self._cursor = hdr.end
         self._next_seq = hdr.seq + 1

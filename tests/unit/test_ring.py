@@ -757,8 +757,8 @@ def test_the_c_record_writer_and_reader_match_the_python_lines(ring, monkeypatch
                 assert writer.try_write(1 + i % 3, i, parts)
         images.append(_peek(name, 0, layout.HEADER_SIZE + 200_000)[64:])  # past the static header
         monkeypatch.undo()
-        for take in (reader_module._take, None):
-            monkeypatch.setattr(reader_module, "_take", take)
+        for read in (reader_module._read, None):
+            monkeypatch.setattr(reader_module, "_read", read)
             with RingReader.attach(name) as reader:
                 assert [reader.read().payload for _ in payloads] == payloads
             monkeypatch.undo()
