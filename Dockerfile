@@ -10,7 +10,7 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
-# A C compiler for the project's C extensions (setup.py: the id and wire proofs, the HTTP/1.1
+# A C compiler for the project's C extensions (setup.py: the wire proof, the HTTP/1.1
 # fast path's head scanner, the ring's record writer and reader; without them the slower Python
 # paths run): in this stage only, the runtime image has none. Not pinned: Debian's point releases
 # replace these versions, and the stage is thrown away.
@@ -25,8 +25,8 @@ COPY otlp_ingest ./otlp_ingest
 # the venv here, so nothing needs to write .pyc at run time.
 RUN /opt/venv/bin/pip install --no-cache-dir . \
     && /opt/venv/bin/python -c "import otlp_ingest, grpc, google.protobuf, uvloop, msgspec" \
-    && /opt/venv/bin/python -c "import otlp_ingest.otlp._idscan, otlp_ingest.otlp._wirecheck, \
-otlp_ingest.receiver._http1scan, otlp_ingest.ring._records"
+    && /opt/venv/bin/python -c "import otlp_ingest.otlp._wirecheck, otlp_ingest.receiver._http1scan, \
+otlp_ingest.ring._records"
 
 # --- runtime ---------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: run test lint bench fuzz soak tools clean
 
-$(STAMP): pyproject.toml setup.py otlp_ingest/otlp/_idscan.c
+$(STAMP): pyproject.toml setup.py $(wildcard otlp_ingest/*/_*.c)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

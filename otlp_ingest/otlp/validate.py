@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError, Message
 
 from otlp_ingest.errors import InvalidArgument
-from otlp_ingest.otlp.id_views import COMPILED, proven_item_count
+from otlp_ingest.otlp.id_views import proven_item_count
 from otlp_ingest.otlp.signals import SIGNALS, Signal
+from otlp_ingest.otlp.wire_check import COMPILED as WIRE_PROOF
 from otlp_ingest.otlp.wire_check import proven_item_count as proven_on_the_wire
 
 __all__ = ["ValidatedPayload", "count_items", "validate_message", "validate_protobuf"]
@@ -56,10 +57,11 @@ class ValidatedPayload:
     error_message: str
 
 
-# Without the C extension (id_views.COMPILED), bodies from this size on have their item ids
-# proven valid by the views before the Python check: measured, 10 spans (1.7 KB) 7.4 us without
-# vs 9.0 us with it, 100 spans (16 KB) 51 vs 42 us, 512 spans (84 KB) 256 vs 207 us. With the
-# extension every body is: 1.8 us for 10 spans against ~14 for the item-by-item check.
+# Without the C extensions (wire_check.COMPILED), bodies from this size on have their item ids
+# proven valid by the views (id_views.py) before the Python check: measured, 10 spans (1.7 KB)
+# 7.4 us without vs 9.0 us with it, 100 spans (16 KB) 51 vs 42 us, 512 spans (84 KB) 256 vs 207
+# us. With them, a body the wire proof refused almost always has an invalid item, which the views
+# would not prove either: the item check runs at once.
 PROOF_MIN_BYTES = 4096
 
 # Reasons, in the order they are reported.
@@ -90,9 +92,10 @@ def validate_protobuf(signal: Signal, body: bytes, max_item_bytes: int = 0) -> V
         raise InvalidArgument(f"malformed protobuf: {exc}") from None
     except RecursionError:  # pragma: no cover - upb reports depth as DecodeError
         raise InvalidArgument("malformed protobuf: nested too deeply") from None
-    # Most requests have only valid ids: proven in C (id_views), else item by item. The views'
-    # fixed cost (a second parse, ~4 us) only pays off beyond a couple of dozen items.
-    proven = proven_item_count(signal, body) if COMPILED or len(body) >= PROOF_MIN_BYTES else None
+    # Without the wire proof, the views prove the ids of big bodies (PROOF_MIN_BYTES); their fixed
+    # cost (a second parse, ~4 us) only pays off beyond a couple of dozen items.
+    big = not WIRE_PROOF and len(body) >= PROOF_MIN_BYTES
+    proven = proven_item_count(signal, body) if big else None
     return _validate(signal, message, body, max_item_bytes, proven)
 
 

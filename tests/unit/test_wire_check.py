@@ -198,3 +198,40 @@ def test_random_bytes_are_never_proven_wrongly(data: bytes) -> None:
     for signal in Signal:
         _sound(signal, data)
         _sound(signal, _span_request(data))
+
+
+def test_the_walk_never_reads_past_the_body() -> None:
+    """Each body ends exactly where a PROT_NONE page begins, so a read one byte past its end
+    kills the process: truncated and mutated real requests, every cut of a short one."""
+    import ctypes
+    import mmap
+    import random
+
+    page = mmap.PAGESIZE
+    size = 32 * page
+    area = mmap.mmap(-1, size + page)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(area))
+    assert ctypes.CDLL(None).mprotect(ctypes.c_void_p(address + size), page, 0) == 0
+
+    def walk_at_the_edge(data: bytes, signal: Signal) -> None:
+        area[size - len(data) : size] = data
+        view = memoryview(area)[size - len(data) : size]
+        proven_item_count(signal, view)
+        view.release()
+
+    short = PayloadFactory("traces", 2).build(token_for(b"wirechk!", 3))
+    for cut in range(len(short) + 1):
+        walk_at_the_edge(short[:cut], Signal.TRACES)
+    rnd = random.Random(5)
+    seeds = [
+        PayloadFactory(name, n).build(token_for(b"wirechk!", 4))
+        for name in ("traces", "metrics", "logs")
+        for n in (1, 10)
+    ]
+    for _ in range(5000):
+        body = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 4)):
+            at = rnd.randrange(len(body))
+            body[at] = rnd.randrange(256)
+        cut = rnd.randrange(1, len(body) + 1)
+        walk_at_the_edge(bytes(body[:cut]), rnd.choice(list(Signal)))
