@@ -49,6 +49,7 @@ from functools import partial
 
 import httptools
 
+from otlp_ingest.receiver.http1_fast import HOLD_MAX_BYTES
 from otlp_ingest.receiver.http_app import Exchange, OtlpHttpApp, Response, plain_response
 from otlp_ingest.telemetry.logging import RateLimitedLogger
 
@@ -204,8 +205,9 @@ class HttpConnection(asyncio.Protocol):
         """Serve the requests at the start of `data` that the fast path takes whole
         (http1_fast.py), answering each at once; return the bytes left for the general path,
         from the first request it did not take. A taken head whose body has not all arrived is
-        held (b"" returned) once: if the next bytes do not complete it, it goes to llhttp with
-        them, so a slow body costs at most one copy."""
+        held (b"" returned) once, when what arrived of it is at most HOLD_MAX_BYTES: if the next
+        bytes do not complete it, it goes to llhttp with them, so a slow body costs at most one
+        copy and the body budget charges what llhttp then holds."""
         fast = self.app.fast
         assert fast is not None
         start, size = 0, len(data)
@@ -217,7 +219,7 @@ class HttpConnection(asyncio.Protocol):
             signal, head_end, length = found
             end = head_end + length
             if end > size:
-                if may_hold:
+                if may_hold and size - start <= HOLD_MAX_BYTES:
                     self._held = data[start:] if start else data
                     if not self._request_start:
                         self._request_start = now

@@ -17,8 +17,11 @@ has to be right about what it takes. Off (None from `fast_path_for`) with authen
 are the general path's), in durable mode (the answer waits for the fsync) or without the C
 extensions.
 
-Bodies up to MAX_BODY bytes: beyond it the general path's staging and offloading pay off, and
-the fast path holds at most one such request per connection while its body arrives.
+Bodies up to MAX_BODY bytes: beyond it the general path's staging and offloading pay off. While
+a body arrives the fast path holds at most HOLD_MAX_BYTES of one request per connection (a
+client that sends its head and then its body, as Python's http.client does, is held once);
+more than that goes to llhttp, whose body bytes the worker's body budget charges. So held bytes
+stay within what llhttp buffers of a head anyway (http1.MAX_HEADER_BYTES).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ except ImportError:  # pragma: no cover - built without a C compiler
     _scan = None
 
 MAX_BODY = 64 * 1024
+HOLD_MAX_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from otlp_ingest.otlp.signals import Signal
+from otlp_ingest.receiver.http1_fast import MAX_BODY
 from tests.integration.test_receiver import Worker, logs_request, span_count, spans_request
 
 pytest.importorskip("otlp_ingest.receiver._http1scan")
@@ -88,6 +89,18 @@ def test_a_body_after_its_head_and_a_body_in_pieces(w: Worker) -> None:
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
         [record] = w.drain()
         assert record.payload == body and record.item_count == 10
+
+
+def test_a_big_body_in_pieces_is_not_held(w: Worker) -> None:
+    """Beyond HOLD_MAX_BYTES of a request the bytes go to llhttp (the body budget charges them):
+    still one answer, one record."""
+    body = spans_request(1000).SerializeToString()
+    assert 20_000 < len(body) < MAX_BODY
+    wire = _request(body)
+    [answer] = _exchange(w, [wire[:20_000], wire[20_000:]], 1)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    [record] = w.drain()
+    assert record.payload == body and record.item_count == 1000
 
 
 def test_fast_and_general_requests_on_one_connection_keep_their_order(w: Worker) -> None:
