@@ -21,7 +21,9 @@ from otlp_ingest.config import Settings
 from otlp_ingest.receiver.dispatch import ExportRunner, Receiving
 from otlp_ingest.receiver.export import ExportService
 from otlp_ingest.receiver.grpc_service import GrpcReceiver
-from otlp_ingest.receiver.h2 import (
+from otlp_ingest.receiver.http_app import OtlpHttpApp
+from otlp_ingest.ring import RingReader, RingWriter, create_ring, ring_name, unlink_ring
+from otlp_ingest.transport.h2 import (
     DATA,
     END_HEADERS,
     END_STREAM,
@@ -33,10 +35,8 @@ from otlp_ingest.receiver.h2 import (
     H2Connection,
     frame,
 )
-from otlp_ingest.receiver.hpack import encode_literal
-from otlp_ingest.receiver.http1 import HttpConfig, HttpConnection
-from otlp_ingest.receiver.http_app import OtlpHttpApp
-from otlp_ingest.ring import RingReader, RingWriter, create_ring, ring_name, unlink_ring
+from otlp_ingest.transport.hpack import encode_literal
+from otlp_ingest.transport.http1 import HttpConfig, HttpConnection
 
 TRACES_PATH = b"/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 

@@ -26,11 +26,9 @@ stay within what llhttp buffers of a head anyway (http1.MAX_HEADER_BYTES).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from otlp_ingest.otlp import wire_check
 from otlp_ingest.receiver.export import ExportService
+from otlp_ingest.transport.http1 import FastPath
 
 try:
     from otlp_ingest.receiver._http1scan import scan as _scan
@@ -38,23 +36,6 @@ except ImportError:  # pragma: no cover - built without a C compiler
     _scan = None
 
 MAX_BODY = 64 * 1024
-HOLD_MAX_BYTES = 16 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class FastPath:
-    """What one worker's connections need to serve a request on the fast path:
-
-    - `scan(data, start, max_body)` -> (signal, head_end, content_length) when data[start:]
-      begins with a head the fast path takes (its body may still be arriving), else None;
-    - `export(signal, body, "http")` -> True when the request was queued and counted (answer
-      `ok_head`), False when nothing happened (run the general path).
-    """
-
-    scan: Callable[[bytes, int, int], tuple[int, int, int] | None]
-    export: Callable[[int, bytes, str], bool]
-    max_body: int
-    ok_head: bytes  # the 200's status line and headers, without Date and the blank line
 
 
 def fast_path_for(

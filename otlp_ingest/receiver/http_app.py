@@ -36,18 +36,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from otlp_ingest import errors
 from otlp_ingest.otlp.signals import SIGNAL_BY_PATH, SIGNALS, Signal
 from otlp_ingest.receiver.dispatch import Done, Receiving, should_offload
 from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ContentFormat, ExportResult
-from otlp_ingest.receiver.http1_fast import FastPath, fast_path_for
+from otlp_ingest.receiver.http1_fast import fast_path_for
 from otlp_ingest.receiver.inflight import BODY_FACTOR, BodyBudget, http_body_slots, memory_limits
 from otlp_ingest.receiver.limits import decompress, normalize_encoding
 from otlp_ingest.receiver.rpc_status import client_message, status_bytes, status_json
 from otlp_ingest.status import retry_after_seconds, status_for
 from otlp_ingest.telemetry.logging import RateLimitedLogger
+from otlp_ingest.transport.http1 import FastPath, Response, response
 
 log = logging.getLogger(__name__)
 _unexpected_log = RateLimitedLogger(log)
@@ -59,52 +59,6 @@ _MEDIA_TYPE = {"protobuf": PROTOBUF.encode(), "json": JSON.encode()}
 _TIMEOUT_RETRY_AFTER = 1
 _BUSY_RETRY_AFTER = 1.0
 _PATHS = {path.encode(): signal for path, signal in SIGNAL_BY_PATH.items()}
-
-_REASONS = {
-    200: b"OK",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    415: b"Unsupported Media Type",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    503: b"Service Unavailable",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """An HTTP response without its Date/Connection headers (the connection adds those):
-    `head` is the status line and header lines, each ending in CRLF."""
-
-    head: bytes
-    body: bytes
-    close: bool = False  # the connection must be closed after it
-
-
-def response(
-    status: int, content_type: bytes, body: bytes, headers: tuple[bytes, ...] = (), close: bool = False
-) -> Response:
-    """A Response; `headers` are complete lines without CRLF (e.g. b"retry-after: 1")."""
-    head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
-        status,
-        _REASONS.get(status, b"Unknown"),
-        content_type,
-        len(body),
-    )
-    if headers:
-        head += b"\r\n".join(headers) + b"\r\n"
-    return Response(head, body, close)
-
-
-def plain_response(status: int, message: bytes, headers: tuple[bytes, ...] = ()) -> Response:
-    """A text/plain answer for what is not an OTLP request (bad HTTP, header limits), closing."""
-    return response(status, b"text/plain; charset=utf-8", message, headers, close=True)
-
 
 _FORMATS: dict[bytes | None, ContentFormat] = {}  # header values seen -> format (the hot path)
 _FORMATS_MAX = 64

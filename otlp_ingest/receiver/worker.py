@@ -56,12 +56,12 @@ from otlp_ingest.queue import open_writer, parse_queue
 from otlp_ingest.receiver.dispatch import ExportRunner, Receiving
 from otlp_ingest.receiver.export import ExportService
 from otlp_ingest.receiver.grpc_service import GrpcReceiver
-from otlp_ingest.receiver.h2 import H2Config, H2Connection
-from otlp_ingest.receiver.http1 import HttpConfig, HttpConnection
 from otlp_ingest.receiver.http_app import OtlpHttpApp
 from otlp_ingest.receiver.tls import GRPC_ALPN, HTTP_ALPN, server_ssl_context, tls_mode
 from otlp_ingest.telemetry import metrics
 from otlp_ingest.telemetry.memory import MemoryGate
+from otlp_ingest.transport.h2 import H2Config, H2Connection
+from otlp_ingest.transport.http1 import HttpConfig, HttpConnection
 
 log = logging.getLogger(__name__)
 

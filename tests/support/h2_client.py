@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from otlp_ingest.receiver.h2 import (
+from otlp_ingest.transport.h2 import (
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -30,7 +30,7 @@ from otlp_ingest.receiver.h2 import (
     WINDOW_UPDATE,
     frame,
 )
-from otlp_ingest.receiver.hpack import HeaderDecoder, encode_literal
+from otlp_ingest.transport.hpack import HeaderDecoder, encode_literal
 
 
 class CallResult:

@@ -41,8 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from otlp_ingest.receiver.hpack import HeaderDecoder, HeaderListTooLarge, HpackError
 from otlp_ingest.telemetry.logging import RateLimitedLogger
+from otlp_ingest.transport.hpack import HeaderDecoder, HeaderListTooLarge, HpackError
 
 log = logging.getLogger(__name__)
 _hostile_log = RateLimitedLogger(log)

@@ -46,11 +46,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import httptools
 
-from otlp_ingest.receiver.http1_fast import HOLD_MAX_BYTES
-from otlp_ingest.receiver.http_app import Exchange, OtlpHttpApp, Response, plain_response
 from otlp_ingest.telemetry.logging import RateLimitedLogger
 
 log = logging.getLogger(__name__)
@@ -62,6 +61,97 @@ MAX_HEADER_BYTES = 64 * 1024
 LINGER = 2.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CLOSE = b"connection: close\r\n"
+
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    415: b"Unsupported Media Type",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An HTTP response without its Date/Connection headers (the connection adds those):
+    `head` is the status line and header lines, each ending in CRLF."""
+
+    head: bytes
+    body: bytes
+    close: bool = False  # the connection must be closed after it
+
+
+def response(
+    status: int, content_type: bytes, body: bytes, headers: tuple[bytes, ...] = (), close: bool = False
+) -> Response:
+    """A Response; `headers` are complete lines without CRLF (e.g. b"retry-after: 1")."""
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
+        status,
+        _REASONS.get(status, b"Unknown"),
+        content_type,
+        len(body),
+    )
+    if headers:
+        head += b"\r\n".join(headers) + b"\r\n"
+    return Response(head, body, close)
+
+
+def plain_response(status: int, message: bytes, headers: tuple[bytes, ...] = ()) -> Response:
+    """A text/plain answer for what is not an application request (bad HTTP, header limits), closing."""
+    return response(status, b"text/plain; charset=utf-8", message, headers, close=True)
+
+
+# While a fast-path body arrives, at most this much of one request is held per connection.
+HOLD_MAX_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FastPath:
+    """What one worker's connections need to serve a request on the fast path:
+
+    - `scan(data, start, max_body)` -> (signal, head_end, content_length) when data[start:]
+      begins with a head the fast path takes (its body may still be arriving), else None;
+    - `export(signal, body, "http")` -> True when the request was queued and counted (answer
+      `ok_head`), False when nothing happened (run the general path).
+    """
+
+    scan: Callable[[bytes, int, int], tuple[int, int, int] | None]
+    export: Callable[[int, bytes, str], bool]
+    max_body: int
+    ok_head: bytes  # the 200's status line and headers, without Date and the blank line
+
+
+class Exchange(Protocol):
+    """One request as the application sees it (see `HttpApp`)."""
+
+    refusal: Response | None  # set: answered at its headers, the body is dropped
+
+    def chunk(self, data: bytes) -> Response | None: ...
+
+    def complete(self, done: Callable[[Response], None]) -> bool: ...
+
+    def timeout(self) -> Response: ...
+
+    def release(self) -> None: ...
+
+
+class HttpApp(Protocol):
+    """What an HTTP/1.1 connection calls: `start` at a request's complete headers (an Exchange,
+    maybe refused already); `fast` serves whole plain requests in one call (None: off)."""
+
+    fast: FastPath | None
+
+    def start(
+        self, method: bytes, path: bytes, headers: dict[bytes, bytes], length: int | None
+    ) -> Exchange: ...
+
 
 _HEADER_TIMEOUT = plain_response(503, b"request headers not received in time\n", (b"retry-after: 1",))
 _IDLE_TIMEOUT = plain_response(408, b"no request received in time\n")
@@ -108,7 +198,7 @@ class HttpConnection(asyncio.Protocol):
 
     def __init__(
         self,
-        app: OtlpHttpApp,
+        app: HttpApp,
         config: HttpConfig,
         connections: set[HttpConnection],
         clock: Callable[[], float],
