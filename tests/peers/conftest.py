@@ -167,10 +167,6 @@ class GoReport:
     def connections(self) -> int:
         return self.raw["connections"]
 
-    def only(self) -> dict[str, Any]:
-        assert len(self.calls) == 1, self.raw
-        return self.calls[0]
-
 
 class GrpcGo:
     """Runs the built grpc-go client on a list of request messages."""
