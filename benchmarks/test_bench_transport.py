@@ -22,8 +22,9 @@ from otlp_ingest.receiver.dispatch import ExportRunner, Receiving
 from otlp_ingest.receiver.export import ExportService
 from otlp_ingest.receiver.grpc_service import GrpcReceiver
 from otlp_ingest.receiver.http_app import OtlpHttpApp
+from otlp_ingest.receiver.inflight import BodyBudget
 from otlp_ingest.ring import RingReader, RingWriter, create_ring, ring_name, unlink_ring
-from otlp_ingest.transport.h2 import (
+from otlp_ingest.transport.frames import (
     DATA,
     END_HEADERS,
     END_STREAM,
@@ -31,10 +32,9 @@ from otlp_ingest.transport.h2 import (
     PREFACE,
     SETTINGS,
     WINDOW_UPDATE,
-    H2Config,
-    H2Connection,
     frame,
 )
+from otlp_ingest.transport.h2 import H2Config, H2Connection
 from otlp_ingest.transport.hpack import encode_literal
 from otlp_ingest.transport.http1 import HttpConfig, HttpConnection
 
@@ -116,7 +116,7 @@ def test_http_request(benchmark, pipeline, otlp_payload, items: int) -> None:
 @pytest.mark.parametrize("items", [10, 100])
 def test_grpc_request(benchmark, pipeline, otlp_payload, items: int) -> None:
     service, runner, drain = pipeline
-    receiver = GrpcReceiver(Receiving(service, runner, Settings()))
+    receiver = GrpcReceiver(Receiving(service, runner, Settings()), BodyBudget(1 << 30))
     connection = H2Connection(receiver, H2Config(), set(), time.monotonic)
     transport = CountingTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]

@@ -105,14 +105,24 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     workers: int = 0  # 0 -> usable CPUs (cgroup-aware), resolved by `resolved_workers`
     exporters: int = 1
 
-    # Listeners.
-    bind: str = "0.0.0.0"
+    # Listeners. Loopback by default, like the OpenTelemetry Collector since v0.104 (collector
+    # issue #8510): a laptop's `make run` must not take telemetry from the whole network. The
+    # image, the chart and the manifests set 0.0.0.0 explicitly.
+    bind: str = "127.0.0.1"
     grpc_port: int = 4317
     http_port: int = 4318
     admin_port: int = 8888
+    # The admin port's bounds (supervisor/admin.py): open connections (beyond, the oldest one still
+    # waiting for a request head is closed to make room, else the new one), and the time a request
+    # head (and body) has to arrive, from the connection's start or the previous response.
+    admin_max_connections: int = 128
+    admin_header_timeout: float = 10.0
     grpc_max_recv_bytes: int = 4 * MiB
     http_max_body_bytes: int = 20 * MiB  # after decompression; the compressed body too
     http_read_timeout: float = 30.0  # headers and body of one request must arrive within this
+    # Unsent response bytes (the client does not read, or its HTTP/2 window stays shut) may wait
+    # this long before the connection (or the stream) is closed (docs/hostile-input.md).
+    write_timeout: float = 30.0
     # Connection ageing, so long-lived clients re-spread over workers and pods (an HPA scale-up
     # gets traffic): GOAWAY after the age (x0.9-1.1 jitter), close after the grace; HTTP keep-alive
     # connections close after the response past the age or the request count. 0 = never.
@@ -173,9 +183,12 @@ ENV_NAMES: dict[str, str] = {
     "grpc_port": "OTLP_GRPC_PORT",
     "http_port": "OTLP_HTTP_PORT",
     "admin_port": "OTLP_ADMIN_PORT",
+    "admin_max_connections": "OTLP_ADMIN_MAX_CONNECTIONS",
+    "admin_header_timeout": "OTLP_ADMIN_HEADER_TIMEOUT",
     "grpc_max_recv_bytes": "OTLP_GRPC_MAX_RECV_BYTES",
     "http_max_body_bytes": "OTLP_HTTP_MAX_BODY_BYTES",
     "http_read_timeout": "OTLP_HTTP_READ_TIMEOUT",
+    "write_timeout": "OTLP_WRITE_TIMEOUT",
     "grpc_max_connection_age": "OTLP_GRPC_MAX_CONNECTION_AGE",
     "grpc_max_connection_age_grace": "OTLP_GRPC_MAX_CONNECTION_AGE_GRACE",
     "http_max_connection_age": "OTLP_HTTP_MAX_CONNECTION_AGE",
@@ -202,6 +215,8 @@ _DURATION_FIELDS = {
     "batch_timeout": 0.0,
     "shutdown_timeout": 0.0,
     "http_read_timeout": 0.0,
+    "write_timeout": 0.0,
+    "admin_header_timeout": 0.0,
     "grpc_max_connection_age": 0.0,
     "grpc_max_connection_age_grace": 0.0,
     "http_max_connection_age": 0.0,
@@ -233,6 +248,7 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "grpc_port": (0, 65535),
     "http_port": (0, 65535),
     "admin_port": (0, 65535),
+    "admin_max_connections": (1, 65536),
     "http_max_connection_requests": (0, None),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {

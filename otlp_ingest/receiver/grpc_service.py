@@ -19,11 +19,14 @@ Authentication (`otlp_ingest.auth`, with settings.auth_tokens_file): an Export c
 the memory limiter, the in-flight limit or its message: a missing or unknown token is answered
 UNAUTHENTICATED (+ google.rpc.Status) and takes no in-flight slot.
 
-Overload (docs/hostile-input.md): at most `in_flight_limit` Export calls are admitted per worker
-at once (headers seen, not yet answered); beyond it a call is refused with UNAVAILABLE +
-RetryInfo before its body is read, as it is while the memory limiter refuses. A call whose
-message has not arrived within `http_read_timeout` is reset with CANCEL (the client sees
-CANCELLED). Nothing here holds a thread: a stalled client costs one stream, not a worker.
+Overload (docs/hostile-input.md): admission counts bytes, not calls. The HTTP/2 connection
+charges a call's message bytes to the worker's budget (`inflight.grpc_admission_bytes`) as they
+arrive and each connection's flow-control window is its fair share of it; a call the budget
+cannot hold is refused with UNAVAILABLE + RetryInfo (`on_over_budget`), as it is at its headers
+while the memory limiter refuses. A compressed message is charged again for its decompressed
+size while it is decoded and queued. A call whose message has not arrived within
+`http_read_timeout` is reset with CANCEL (the client sees CANCELLED). Nothing here holds a
+thread: a stalled client costs the bytes it sent.
 """
 
 from __future__ import annotations
@@ -36,18 +39,17 @@ from otlp_ingest import errors
 from otlp_ingest.otlp.signals import SIGNALS, Signal
 from otlp_ingest.receiver.dispatch import Done, Receiving, should_offload
 from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ExportResult
-from otlp_ingest.receiver.inflight import grpc_in_flight_limit, memory_limits
+from otlp_ingest.receiver.inflight import BodyBudget
 from otlp_ingest.receiver.limits import decompress
 from otlp_ingest.receiver.rpc_status import DETAILS_TRAILER, client_message, status_bytes
 from otlp_ingest.status import GrpcCode, retry_after_seconds, status_for
 from otlp_ingest.telemetry.logging import RateLimitedLogger
-from otlp_ingest.transport.h2 import H2Connection, Stream
+from otlp_ingest.transport.h2 import H2Connection
 from otlp_ingest.transport.hpack import encode_literal
+from otlp_ingest.transport.streams import Stream
 
 log = logging.getLogger(__name__)
 _unexpected_log = RateLimitedLogger(log)
-_overload_log = RateLimitedLogger(log)
-_stall_log = RateLimitedLogger(log)
 
 _OVERLOAD_RETRY_AFTER = 1.0
 # grpc-encoding values we decompress (the compressed flag of a message must match one of them).
@@ -60,6 +62,10 @@ OK_TRAILERS = encode_literal([(b"grpc-status", b"0")])
 # Printable ASCII but '%' stays as is in grpc-message (the gRPC HTTP/2 spec's percent-encoding).
 _MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%" and not chr(c).isalnum())
 _MESSAGE_MAX = 1024
+# A client's path echoed in an UNIMPLEMENTED message is cut here: an answer must not cost much
+# more than the request that caused it.
+_PATH_ECHO_MAX = 128
+_HTTP_REASONS = {405: b"method not allowed: gRPC calls are POST\n", 415: b"not a gRPC request\n"}
 
 
 def message_frame(payload: bytes) -> bytes:
@@ -86,21 +92,20 @@ def error_block(code: int, message: str, retry_after: int | None = None) -> byte
 
 
 def http_error_block(status: int) -> bytes:
-    """A response that is not gRPC at all (wrong method or content type), as grpc servers answer."""
+    """A response that is not gRPC at all (wrong method or content type), as grpc servers answer;
+    its body is `_HTTP_REASONS[status]`."""
     return encode_literal([(b":status", str(status).encode()), (b"content-type", b"text/plain")])
 
 
 class GrpcReceiver:
     """The `StreamHandler` of the gRPC port: one worker's OTLP Export methods."""
 
-    def __init__(self, receiving: Receiving) -> None:
+    def __init__(self, receiving: Receiving, budget: BodyBudget) -> None:
         self.service = receiving.service
         self.runner = receiving.runner
         self.tokens = receiving.tokens
-        settings = receiving.settings
-        self.max_message = settings.grpc_max_recv_bytes
-        self.in_flight = 0
-        self.limit = grpc_in_flight_limit(settings, memory_limits(settings))
+        self.budget = budget  # also charged by the connections with the bytes of each message
+        self.max_message = receiving.settings.grpc_max_recv_bytes
         self._signals = {info.grpc_method.encode(): signal for signal, info in SIGNALS.items()}
         self._services = {info.grpc_service.encode() for info in SIGNALS.values()}
         # The empty Export*ServiceResponse: what almost every call gets.
@@ -111,10 +116,10 @@ class GrpcReceiver:
     def on_request(self, conn: H2Connection, stream: Stream) -> None:
         headers = stream.headers
         if headers.get(b":method") != b"POST":
-            conn.respond(stream, http_error_block(405))
+            conn.respond(stream, http_error_block(405), _HTTP_REASONS[405])
             return
         if not headers.get(b"content-type", b"").startswith(b"application/grpc"):
-            conn.respond(stream, http_error_block(415))
+            conn.respond(stream, http_error_block(415), _HTTP_REASONS[415])
             return
         path = headers.get(b":path", b"")
         signal = self._signals.get(path)
@@ -146,23 +151,12 @@ class GrpcReceiver:
                 ),
             )
             return
-        if self.in_flight >= self.limit:
-            _overload_log.warning(
-                "overload", "gRPC in-flight limit (%d) reached: refusing with UNAVAILABLE", self.limit
-            )
-            exc = errors.QueueFull(
-                f"too many concurrent requests on this worker (limit {self.limit}); retry later",
-                retry_after=_OVERLOAD_RETRY_AFTER,
-            )
-            self._refuse(conn, stream, signal, exc)
-            return
-        self.in_flight += 1
-        stream.admitted = True
         stream.max_body = self.max_message + 5
-        stream.context = (signal, encoding)
+        stream.context = _Call(signal, encoding)
 
     def on_body(self, conn: H2Connection, stream: Stream) -> None:
-        signal, encoding = stream.context  # type: ignore[misc]
+        call: _Call = stream.context  # type: ignore[assignment]
+        signal, encoding = call.signal, call.encoding
         body = stream.body()
         stream.chunks = []
         if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
@@ -181,10 +175,19 @@ class GrpcReceiver:
         del body
         service = self.service
         limit = self.max_message
+        budget = self.budget
 
         def work(done: Done | None) -> ExportResult | None:
-            message = decompress(encoding, payload, limit) if compressed else payload
-            return service.export(signal, message, "protobuf", "grpc", done)
+            if not compressed:
+                return service.export(signal, payload, "protobuf", "grpc", done)
+            message = decompress(encoding, payload, limit)
+            charged = len(message)
+            if not budget.try_charge(charged):
+                raise _busy()
+            try:
+                return service.export(signal, message, "protobuf", "grpc", done)
+            finally:
+                budget.release(charged)
 
         def answer(result: ExportResult | None, exc: BaseException | None) -> None:
             if result is not None:
@@ -196,27 +199,28 @@ class GrpcReceiver:
         self.runner.run(work, should_offload(len(payload), bool(compressed)), answer)
 
     def on_too_large(self, conn: H2Connection, stream: Stream) -> None:
-        signal = stream.context[0]  # type: ignore[index]
+        signal = stream.context.signal  # type: ignore[union-attr]
         exc = errors.PayloadTooLarge(
             f"received message larger than max ({stream.received - 5} vs. {self.max_message})"
         )
         self._refuse(conn, stream, signal, exc)
 
+    def on_over_budget(self, conn: H2Connection, stream: Stream) -> None:
+        self._refuse(conn, stream, stream.context.signal, _busy())  # type: ignore[union-attr]
+
     def on_stalled(self, conn: H2Connection, stream: Stream) -> None:
-        _stall_log.warning("stalled", "gRPC request message not received in time: call cancelled")
-        conn.cancel(stream)
+        conn.cancel(stream)  # counted and logged by the connection (body_timeout)
 
     def on_closed(self, stream: Stream) -> None:
-        if stream.admitted:
-            stream.admitted = False
-            self.in_flight -= 1
+        pass  # the connection released what the stream held; nothing else is per call
 
     # --- answers -----------------------------------------------------------------------------------
 
     def _unimplemented(self, conn: H2Connection, stream: Stream, path: bytes) -> None:
         service = path[1:].rsplit(b"/", 1)[0]
         what = "method" if service in self._services else "service"
-        message = f"unknown {what} {path.decode('latin-1')!r}"
+        shown = path[:_PATH_ECHO_MAX].decode("latin-1") + ("..." if len(path) > _PATH_ECHO_MAX else "")
+        message = f"unknown {what} {shown!r}"
         conn.respond(stream, error_block(GrpcCode.UNIMPLEMENTED, message))
 
     def _refuse(self, conn: H2Connection, stream: Stream, signal: Signal, exc: errors.OtlpError) -> None:
@@ -237,3 +241,20 @@ class GrpcReceiver:
         message = client_message(exc, _unexpected_log, where)
         retry = retry_after_seconds(exc) if wire.retry_hint else None
         conn.respond(stream, error_block(int(wire.grpc_code), message, retry))
+
+
+class _Call:
+    """An admitted Export call's state on its stream."""
+
+    __slots__ = ("encoding", "signal")
+
+    def __init__(self, signal: Signal, encoding: str) -> None:
+        self.signal = signal
+        self.encoding = encoding
+
+
+def _busy() -> errors.QueueFull:
+    return errors.QueueFull(
+        "request bodies held by this worker are at their limit; retry later",
+        retry_after=_OVERLOAD_RETRY_AFTER,
+    )

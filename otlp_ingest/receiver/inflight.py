@@ -57,6 +57,19 @@ def grpc_in_flight_limit(settings: Settings, limits: MemoryLimits | None) -> int
     return min(GRPC_CALLS_MAX, _slots(settings, settings.grpc_max_recv_bytes, limits, GRPC_CALLS_UNLIMITED))
 
 
+def grpc_admission_bytes(settings: Settings, limits: MemoryLimits | None) -> int:
+    """Message bytes one worker's gRPC connections hold at once: as many worst-case messages as
+    `grpc_in_flight_limit` allows. Admission counts these bytes, not calls."""
+    return grpc_in_flight_limit(settings, limits) * (settings.grpc_max_recv_bytes + 5)
+
+
+def grpc_connection_window(budget_bytes: int, max_message: int) -> int:
+    """One connection's fair share of the gRPC budget, as its HTTP/2 receive window: a quarter
+    of the budget (so no single connection can lock the others out), at most 16 MiB, and never
+    less than one whole message with room to spare."""
+    return max(min(16 << 20, budget_bytes // 4), max_message + 5 + (64 << 10))
+
+
 class BodyBudget:
     """A byte budget for request bodies held by one worker; `try_charge` is all or nothing.
 

@@ -57,9 +57,16 @@ from otlp_ingest.receiver.dispatch import ExportRunner, Receiving
 from otlp_ingest.receiver.export import ExportService
 from otlp_ingest.receiver.grpc_service import GrpcReceiver
 from otlp_ingest.receiver.http_app import OtlpHttpApp
+from otlp_ingest.receiver.inflight import (
+    BodyBudget,
+    grpc_admission_bytes,
+    grpc_connection_window,
+    memory_limits,
+)
 from otlp_ingest.receiver.tls import GRPC_ALPN, HTTP_ALPN, server_ssl_context, tls_mode
 from otlp_ingest.telemetry import metrics
 from otlp_ingest.telemetry.memory import MemoryGate
+from otlp_ingest.transport.defences import Defences
 from otlp_ingest.transport.h2 import H2Config, H2Connection
 from otlp_ingest.transport.http1 import HttpConfig, HttpConnection
 
@@ -239,29 +246,41 @@ async def _serve(
     runner = ExportRunner(service, loop)
     clock = time.monotonic
     limit = connection_limit()
+    grpc_budget = BodyBudget(grpc_admission_bytes(settings, memory_limits(settings)))
     h2_config = H2Config(
         read_timeout=settings.http_read_timeout,
+        write_timeout=settings.write_timeout,
+        connection_window=grpc_connection_window(grpc_budget.capacity, settings.grpc_max_recv_bytes),
         max_age=settings.grpc_max_connection_age,
         age_grace=settings.grpc_max_connection_age_grace,
     )
     http_config = HttpConfig(
         read_timeout=settings.http_read_timeout,
+        write_timeout=settings.write_timeout,
         max_connections=limit,
         max_requests=settings.http_max_connection_requests,
     )
     receiving = Receiving(service, runner, settings, control.tokens)
-    grpc_receiver = GrpcReceiver(receiving)
+    grpc_receiver = GrpcReceiver(receiving, grpc_budget)
     http_app = OtlpHttpApp(receiving)
     h2_connections: set[H2Connection] = set()
     http_connections: set[HttpConnection] = set()
+    grpc_defences, http_defences = Defences("grpc"), Defences("http")
 
     def h2_factory() -> H2Connection:
         age = jittered(settings.grpc_max_connection_age)
-        return H2Connection(grpc_receiver, h2_config, h2_connections, clock, limit, age)
+        return H2Connection(
+            grpc_receiver, h2_config, h2_connections, clock, limit, age, grpc_budget, grpc_defences
+        )
 
     def http_factory() -> HttpConnection:
         return HttpConnection(
-            http_app, http_config, http_connections, clock, jittered(settings.http_max_connection_age)
+            http_app,
+            http_config,
+            http_connections,
+            clock,
+            jittered(settings.http_max_connection_age),
+            http_defences,
         )
 
     grpc_sock, http_sock = sockets
@@ -277,6 +296,7 @@ async def _serve(
             for conn in (*h2_connections, *http_connections):
                 conn.sweep(now)
             service.flush_metrics()
+            metrics.count_defences(grpc_defences, http_defences)
             service.trim_queue(now)
 
     sweeper = loop.create_task(sweep())
@@ -309,3 +329,4 @@ async def _serve(
     await asyncio.sleep(0)  # let the transports close
     runner.close()
     service.flush_metrics()
+    metrics.count_defences(grpc_defences, http_defences)

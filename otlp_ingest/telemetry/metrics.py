@@ -84,6 +84,17 @@ RECEIVER_REQUEST_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+# Every defence of a network-facing server (design.md house rule 13): a connection closed or a
+# request refused because it crossed a bound in bytes, time or count. `transport` is grpc, http or
+# admin (the supervisor's :8888, which counts into its own multiprocess file: supervisor/admin.py);
+# `reason` names the bound (connection_limit, header_timeout, header_too_large, ...), from a fixed
+# set in the code, never from the client. docs/hostile-input.md lists them with their limits.
+TRANSPORT_DEFENCES = Counter(
+    "otlp_transport_defences",
+    "Connections closed or requests refused by a transport's defences, by the bound that acted.",
+    ("transport", "reason"),
+)
+
 EXPORTER_SENT = _per_signal(
     "otlp_exporter_sent",
     "Items ({noun}) acknowledged by the backend or written to the file sink.",
@@ -168,3 +179,10 @@ def observe_many(histogram: Any, values: list[float]) -> None:
         if n:
             bucket.inc(n)
     histogram._sum.inc(sum(values))
+
+
+def count_defences(*defences: object) -> None:
+    """Add the counts gathered by transport `Defences` objects since the last call."""
+    for each in defences:
+        for reason, n in each.take().items():  # type: ignore[attr-defined]
+            TRANSPORT_DEFENCES.labels(each.transport, reason).inc(n)  # type: ignore[attr-defined]

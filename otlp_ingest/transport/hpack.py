@@ -6,11 +6,20 @@ client sends per call (measured, docs/performance.md), more than the rest of a s
 one keeps the same dynamic table rules and borrows only `hpack`'s Huffman decoder (a nibble state
 machine; RFC 7541 Appendix B).
 
-Decoding (`HeaderDecoder.decode`) returns the request's headers as a dict of lower-case names to
-values (bytes); a repeated name keeps its values joined by ", " (RFC 9110 5.3), except that
-pseudo-headers may not repeat. Once the client's table is warm, gRPC clients send blocks made of
+Decoding (`HeaderDecoder.decode`) returns a `HeaderBlock`: the headers as a dict of names to
+values (bytes); a repeated name keeps its values joined by ", " (RFC 9110 5.3). The decoder also
+checks the field rules of RFC 9113 8.2-8.3 as it goes, because only it sees the fields' order
+(`HeaderBlock.problem`: upper-case or invalid names, invalid values, a pseudo-header after a
+regular field or repeated or unknown, connection-specific fields, `te` other than `trailers`):
+such a block is malformed, a stream error, but decoding goes on to its end so the dynamic table
+stays in step with the client's. Once the client's table is warm, gRPC clients send blocks made of
 indexed fields only; those are decoded once per table state and then served from a cache
 (`_cache`, cleared whenever the dynamic table changes), so the common call costs a dict lookup.
+
+Limits: a block whose decoded fields pass `max_list_size` (names + values + 32 each) is decoded
+on to its end but flagged `too_large`; past `BOMB_FACTOR` times the limit decoding stops with
+`HeaderBomb` (a connection error: a few bytes of indexed references can name kilobytes each, and
+decoding them all would cost milliseconds of the one event loop per block).
 
 Encoding (`encode_literal`): "literal header field without indexing, new name" (0x00), no Huffman.
 The server never adds to the client's dynamic table, so it never needs the client's
@@ -36,9 +45,57 @@ class HpackError(Exception):
     """The header block is invalid: a connection error (COMPRESSION_ERROR) in HTTP/2."""
 
 
-class HeaderListTooLarge(Exception):
-    """The decoded headers exceed the advertised SETTINGS_MAX_HEADER_LIST_SIZE. The block was
-    decoded in full (the dynamic table stays in step with the client's); the stream is refused."""
+class HeaderBomb(HpackError):
+    """The decoded headers passed BOMB_FACTOR x the list limit: decoding stopped, the table is no
+    longer in step with the client's, so the connection must end (ENHANCE_YOUR_CALM)."""
+
+
+# A pseudo-header a request may carry (RFC 9113 8.3.1); `:protocol` (RFC 8441) is not offered.
+REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
+# Connection-specific fields (RFC 9113 8.2.2).
+CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
+# Bytes allowed in a field name (RFC 9110 5.1 token characters, lower case only: RFC 9113 8.2.1).
+_NAME_BYTES = bytes(
+    c for c in range(0x21, 0x7F) if not 0x41 <= c <= 0x5A and chr(c) not in '"(),/:;<=>?@[\\]{}'
+)
+BOMB_FACTOR = 2
+
+
+class HeaderBlock:
+    """One decoded header block: `headers`, `problem` (None, or why it is malformed), `size`
+    (RFC 7541 4.1 sizes summed) and `too_large` (size above the decoder's list limit)."""
+
+    __slots__ = ("headers", "problem", "size", "too_large")
+
+    def __init__(self, headers: dict[bytes, bytes], problem: str | None, size: int, too_large: bool) -> None:
+        self.headers = headers
+        self.problem = problem
+        self.size = size
+        self.too_large = too_large
+
+
+def field_problem(name: bytes, value: bytes, regular_seen: bool, headers: dict[bytes, bytes]) -> str | None:
+    """Why a field breaks RFC 9113 8.2-8.3 at its place in a block, or None."""
+    if name[:1] == b":":
+        if regular_seen:
+            return f"pseudo-header {name!r} after a regular field"
+        if name not in REQUEST_PSEUDO:
+            return f"pseudo-header {name!r} not allowed in a request"
+        if name in headers:
+            return f"repeated pseudo-header {name!r}"
+    elif not name or name.translate(None, _NAME_BYTES):
+        return f"invalid field name {name!r}"
+    elif name in CONNECTION_SPECIFIC:
+        return f"connection-specific field {name!r}"
+    elif name == b"te" and value != b"trailers":
+        return "te other than trailers"
+    if b"\x00" in value or b"\r" in value or b"\n" in value:
+        return f"invalid character in the value of {name!r}"
+    if value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t"):
+        return f"whitespace around the value of {name!r}"
+    return None
 
 
 class HeaderDecoder:
@@ -56,12 +113,12 @@ class HeaderDecoder:
         self._max_size = max_table_size  # current size, as last set by the client
         self._limit = max_table_size
         self.max_list_size = max_list_size
-        self._cache: dict[bytes, dict[bytes, bytes]] = {}
+        self._cache: dict[bytes, HeaderBlock] = {}
 
-    def decode(self, block: bytes) -> dict[bytes, bytes]:
-        """The headers of one complete header block. Raises HpackError, HeaderListTooLarge.
+    def decode(self, block: bytes) -> HeaderBlock:
+        """One complete header block. Raises HpackError (HeaderBomb past the bomb limit).
 
-        The returned dict may be shared with later calls (the cache): callers must not modify it.
+        The result may be shared with later calls (the cache): callers must not modify it.
         """
         cached = self._cache.get(block)
         if cached is not None:
@@ -98,13 +155,15 @@ class HeaderDecoder:
             name, value = self._dynamic.pop()
             self._size -= len(name) + len(value) + _ENTRY_OVERHEAD
 
-    def _decode(self, block: bytes) -> dict[bytes, bytes]:
+    def _decode(self, block: bytes) -> HeaderBlock:
         headers: dict[bytes, bytes] = {}
         pos = 0
         end = len(block)
         list_size = 0
-        too_large = False
+        limit = self.max_list_size
+        problem: str | None = None
         seen_field = False
+        regular_seen = False
         try:
             while pos < end:
                 byte = block[pos]
@@ -128,23 +187,21 @@ class HeaderDecoder:
                     name, value, pos = self._literal(block, pos, 4)
                 seen_field = True
                 list_size += len(name) + len(value) + _ENTRY_OVERHEAD
-                if list_size > self.max_list_size:
-                    too_large = True
+                if list_size > limit:
+                    if list_size > BOMB_FACTOR * limit:
+                        raise HeaderBomb(f"header block decodes to more than {BOMB_FACTOR * limit} bytes")
                     continue
+                if problem is None:
+                    problem = field_problem(name, value, regular_seen, headers)
+                if name[:1] != b":":
+                    regular_seen = True
                 previous = headers.get(name)
-                if previous is None:
-                    headers[name] = value
-                elif name[:1] == b":":
-                    raise HpackError(f"repeated pseudo-header {name.decode('latin-1')}")
-                else:
-                    headers[name] = previous + b", " + value
+                headers[name] = value if previous is None else previous + b", " + value
         except IndexError:
             raise HpackError("truncated header block") from None
         except HPACKDecodingError as exc:
             raise HpackError(str(exc)) from None
-        if too_large:
-            raise HeaderListTooLarge(f"request headers larger than {self.max_list_size} bytes")
-        return headers
+        return HeaderBlock(headers, problem, list_size, list_size > limit)
 
     def _literal(self, block: bytes, pos: int, prefix: int) -> tuple[bytes, bytes, int]:
         index, pos = _integer(block, pos, prefix)
@@ -152,8 +209,6 @@ class HeaderDecoder:
             name = self._entry(index)[0]
         else:
             name, pos = _string(block, pos)
-            if name != name.lower():
-                raise HpackError("upper-case header name")
         value, pos = _string(block, pos)
         return name, value, pos
 

@@ -19,8 +19,13 @@ that does nothing, against ~35 us for a protocol that calls httptools and writes
   refused at its headers gets its final answer at once (and, when its body may follow, the
   connection is closed after it).
 - Limits: request line plus headers at most MAX_HEADER_BYTES (431 and close; httptools buffers a
-  header value until it ends, so bytes are counted as they arrive); at most `max_connections`
-  connections per worker (more are closed at once).
+  header value until it ends, so bytes are counted as they arrive: the callbacks' pieces while
+  a read holds the start of a request, the whole read when it only continues an open head, so
+  pipelined requests in one read are not counted as one head); at most `max_connections`
+  connections per worker (more are closed at once). Writes: the transport's buffer is limited
+  (`write_buffer_high`); above it reading pauses (a client that sends requests but never reads
+  the answers cannot make us queue more), and a connection whose writes stay blocked for
+  `write_timeout` is closed. Every defence is counted (`Defences`, reason in the metric).
 - Deadlines, checked by the worker's sweeper (`sweep(now)`, about every 0.25 s) instead of a timer
   per request: a request's headers and body must arrive within `read_timeout` of its first byte;
   headers late -> 503 + Retry-After and close (OTLP clients retry 503, never 408), body late ->
@@ -32,7 +37,8 @@ that does nothing, against ~35 us for a protocol that calls httptools and writes
   response after the limit carries `Connection: close`, so long-lived clients reconnect and the
   kernel (SO_REUSEPORT) or the Service spreads them again, e.g. onto pods a scale-up added.
 - Closing while a request body may still be arriving half-closes first (`write_eof`) and reads
-  and drops what still comes for up to `LINGER` seconds: closing a socket with unread data sends
+  and drops what still comes for up to `LINGER` seconds (at most LINGER_MAX_BYTES, then it closes
+  anyway: a client must not make us read gigabytes): closing a socket with unread data sends
   a TCP reset, which can destroy the answer before the client reads it.
 """
 
@@ -50,15 +56,15 @@ from typing import Protocol
 
 import httptools
 
-from otlp_ingest.telemetry.logging import RateLimitedLogger
+from otlp_ingest.transport.defences import Defences
 
 log = logging.getLogger(__name__)
-_hostile_log = RateLimitedLogger(log)
 
 # Request line plus headers of one request. OTLP clients send well under 8 KiB; 64 KiB leaves room
 # for large auth tokens.
 MAX_HEADER_BYTES = 64 * 1024
 LINGER = 2.0
+LINGER_MAX_BYTES = 1 << 20
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CLOSE = b"connection: close\r\n"
 
@@ -177,6 +183,8 @@ def date_line() -> bytes:
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     read_timeout: float = 30.0
+    write_timeout: float = 30.0  # a connection whose writes stay blocked this long is closed
+    write_buffer_high: int = 256 * 1024
     keepalive_timeout: float = 5.0
     max_connections: int = 4096
     max_requests: int = 0  # per connection, 0 = unlimited
@@ -203,8 +211,10 @@ class HttpConnection(asyncio.Protocol):
         connections: set[HttpConnection],
         clock: Callable[[], float],
         max_age: float = 0.0,
+        defences: Defences | None = None,
     ) -> None:
         self.app = app
+        self.defences = defences if defences is not None else Defences("http")
         self.config = config
         self.connections = connections
         self.clock = clock
@@ -215,6 +225,9 @@ class HttpConnection(asyncio.Protocol):
         self.served = 0
         self.closing = False
         self._linger_until = 0.0
+        self._lingered = 0  # bytes read and dropped while lingering
+        self._write_blocked_since = 0.0  # the transport's buffer went above its limit
+        self._began = False  # a request began during the current feed
         self._request_start = 0.0  # first byte of the request being received; 0: none
         self._idle_since = 0.0  # last response written with nothing else in progress
         self._in_headers = False
@@ -234,13 +247,22 @@ class HttpConnection(asyncio.Protocol):
         self.opened = self._idle_since = self.clock()
         self.connections.add(self)
         if len(self.connections) > self.config.max_connections:
-            _hostile_log.warning(
-                "connections",
-                "HTTP connection limit (%d) reached: closing new connections",
-                self.config.max_connections,
-            )
+            limit = self.config.max_connections
+            self.defences.hit("connection_limit", f"HTTP connection limit ({limit}) reached")
             self.closing = True
             transport.close()
+            return
+        self.transport.set_write_buffer_limits(high=self.config.write_buffer_high)  # type: ignore[union-attr]
+
+    def pause_writing(self) -> None:
+        self._write_blocked_since = self.clock()
+        if not self.closing:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_writing(self) -> None:
+        self._write_blocked_since = 0.0
+        if not self.closing and not self._paused:
+            self.transport.resume_reading()  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -251,8 +273,11 @@ class HttpConnection(asyncio.Protocol):
         self._current = None
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return  # lingering: drop what still arrives
+        if self.closing:  # lingering: drop what still arrives, within reason
+            self._lingered += len(data)
+            if self._lingered > LINGER_MAX_BYTES:
+                self.transport.close()  # type: ignore[union-attr]
+            return
         held = self._held
         if held:
             self._held = b""
@@ -274,21 +299,25 @@ class HttpConnection(asyncio.Protocol):
         if not self._request_start:
             self._request_start = self.clock()
             self._in_headers = True
+        continuing = self._in_headers  # this read continues a head already open
+        self._began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            self.defences.hit("bad_request", "an HTTP client asked for a protocol upgrade")
             self._answer_and_close(_UPGRADE_REFUSED)
             return
         except httptools.HttpParserError:
+            self.defences.hit("bad_request", "not a valid HTTP/1.1 request: 400")
             self._answer_and_close(_BAD_REQUEST)
             return
         if self._in_headers and not self.closing:
-            # Still inside a request's headers after this chunk: all of it was header bytes.
-            self._header_bytes += len(data)
+            # Still inside a request's head after this read. If the read only continued that head,
+            # all of it was header bytes; if a request began in it, the callbacks counted its head.
+            if continuing and not self._began:
+                self._header_bytes += len(data)
             if self._header_bytes > MAX_HEADER_BYTES:
-                _hostile_log.warning(
-                    "header-size", "HTTP request headers over %d bytes: closing", MAX_HEADER_BYTES
-                )
+                self.defences.hit("header_too_large", f"HTTP request head over {MAX_HEADER_BYTES} bytes: 431")
                 self._answer_and_close(_HEADERS_TOO_LARGE)
 
     def _serve_fast(self, data: bytes, may_hold: bool) -> bytes:
@@ -338,14 +367,17 @@ class HttpConnection(asyncio.Protocol):
         if not self._request_start:  # a pipelined request in the same chunk as the previous end
             self._request_start = self.clock()
         self._in_headers = True
+        self._began = True
         self._header_bytes = 0
         self._url = []
         self._headers = {}
 
     def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
         name = name.lower()
         headers = self._headers
         previous = headers.get(name)
@@ -426,7 +458,8 @@ class HttpConnection(asyncio.Protocol):
         if not queue:
             if self._paused:
                 self._paused = False
-                self.transport.resume_reading()  # type: ignore[union-attr]
+                if not self._write_blocked_since:
+                    self.transport.resume_reading()  # type: ignore[union-attr]
             if self._current is None:
                 self._idle()
 
@@ -465,7 +498,7 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         if lingering and transport.can_write_eof():
-            if self._paused:
+            if self._paused or self._write_blocked_since:
                 transport.resume_reading()
             transport.write_eof()
             self._linger_until = self.clock() + LINGER
@@ -482,6 +515,10 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.close()  # type: ignore[union-attr]
             return
         timeout = self.config.read_timeout
+        if self._write_blocked_since and now - self._write_blocked_since > self.config.write_timeout:
+            self.defences.hit("write_stalled", "an HTTP client did not read its answers in time: closed")
+            self.abort()
+            return
         if self._request_start:
             if now - self._request_start <= timeout:
                 return
@@ -490,12 +527,10 @@ class HttpConnection(asyncio.Protocol):
                 return
             slot = self._current
             if slot is None:  # headers late
-                _hostile_log.warning(
-                    "header-timeout", "HTTP request headers not received within %.1fs: closing", timeout
-                )
+                self.defences.hit("header_timeout", f"HTTP request head not received within {timeout:.1f}s")
                 self._answer_and_close(_HEADER_TIMEOUT)
             elif slot.response is None:  # body late
-                _hostile_log.warning("body-timeout", "HTTP request body not received within %.1fs", timeout)
+                self.defences.hit("body_timeout", f"HTTP request body not received within {timeout:.1f}s")
                 slot.response = slot.exchange.timeout()
                 self._write_ready()
             else:  # refused, body still dribbling in
@@ -503,6 +538,7 @@ class HttpConnection(asyncio.Protocol):
         elif self._queue:
             return  # our answers are on their way
         elif not self.served and now - self.opened > timeout:
+            self.defences.hit("idle_timeout", f"no HTTP request within {timeout:.1f}s of connecting")
             self._answer_and_close(_IDLE_TIMEOUT)
         elif self.served and now - self._idle_since > self.config.keepalive_timeout:
             self._close(lingering=False)

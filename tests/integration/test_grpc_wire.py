@@ -11,7 +11,7 @@ import zstandard
 
 from otlp_ingest.errors import ExitCode
 from otlp_ingest.otlp.signals import SIGNALS, Signal
-from otlp_ingest.transport.h2 import DATA, PROTOCOL_ERROR, frame
+from otlp_ingest.transport.frames import DATA, PROTOCOL_ERROR, frame
 from tests.integration.test_receiver import LIMIT, Worker, span_count, spans_request
 from tests.support.h2_client import grpc_call
 
@@ -99,7 +99,7 @@ def test_malformed_message_is_invalid_argument_with_a_status(w: Worker) -> None:
 def test_no_message_at_all_is_unimplemented(w: Worker) -> None:
     import socket
 
-    from otlp_ingest.transport.h2 import END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS
+    from otlp_ingest.transport.frames import END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS
     from otlp_ingest.transport.hpack import encode_literal
 
     block = encode_literal(

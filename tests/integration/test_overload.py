@@ -1,8 +1,9 @@
 """Overload protection of one receiver worker (real worker process, real grpcio / HTTP clients).
 
 - gRPC: a client that opens Export and never sends its body no longer blocks the port; such a call
-  is cancelled after `http_read_timeout`; calls beyond the in-flight limit get UNAVAILABLE +
-  RetryInfo at once (never DEADLINE_EXCEEDED, never RESOURCE_EXHAUSTED).
+  is cancelled after `http_read_timeout`; admission counts bytes: calls whose bytes the worker's
+  budget cannot hold get UNAVAILABLE + RetryInfo at once (never DEADLINE_EXCEEDED, never
+  RESOURCE_EXHAUSTED).
 - Items larger than `batch_max_bytes` are refused with partial_success (both transports).
 - HTTP: refused before the body is read while the memory limiter refuses; bodies held at once are
   bounded by the worker's byte budget (503 + Retry-After beyond); a big body is decoded off the
@@ -28,9 +29,11 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from otlp_ingest.config import Settings
 from otlp_ingest.errors import ExitCode
 from otlp_ingest.otlp.signals import SIGNALS, Signal
-from otlp_ingest.receiver.inflight import grpc_in_flight_limit
+from otlp_ingest.receiver.inflight import grpc_admission_bytes, grpc_connection_window, grpc_in_flight_limit
 from otlp_ingest.ring.layout import store_u64
 from otlp_ingest.telemetry.memory import OFF_STATE, REFUSE, MemoryLimiter, MemoryLimits, resolve_limits
+from otlp_ingest.transport.frames import DATA, END_HEADERS, HEADERS, PREFACE, SETTINGS, frame
+from otlp_ingest.transport.hpack import encode_literal
 from tests.conftest import wait_until
 from tests.integration.test_receiver import (
     LIMIT,
@@ -104,25 +107,87 @@ def test_stalled_grpc_body_does_not_block_other_calls(workers, tmp_path: Path) -
     assert span_count(w.drain()[0].payload) == 1
 
 
-def test_grpc_in_flight_limit_refuses_with_retry_info(workers, tmp_path: Path) -> None:
-    assert 4 <= GRPC_LIMIT < 32
+def test_grpc_stalled_calls_that_hold_no_bytes_do_not_lock_others_out(workers, tmp_path: Path) -> None:
+    """Admission counts bytes, not calls: calls whose message never comes hold nothing."""
     w = start(workers, tmp_path, memory_limit_mib=SMALL_MEMORY_MIB)
     with grpc.insecure_channel(w.grpc_target) as stalled_ch, grpc.insecure_channel(w.grpc_target) as ch:
-        stalled = Stalled(stalled_ch, GRPC_LIMIT)
-
-        def refused() -> grpc.RpcError | None:
-            try:
-                ok_call(ch, timeout=3)
-            except grpc.RpcError as e:
-                return e
-            return None
-
-        error = wait_until(refused, 10, what="a refusal at the in-flight limit")
-        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
-        info = retry_info(rich_status(error))
-        assert info is not None and info.retry_delay.seconds >= 1
+        stalled = Stalled(stalled_ch, 4 * GRPC_LIMIT)  # used to refuse every call past GRPC_LIMIT
+        time.sleep(0.3)
+        for _ in range(5):
+            ok_call(ch, timeout=3)
         stalled.release()
-        wait_until(lambda: refused() is None, 10, what="calls admitted again")
+
+
+def _hold(port: int, nbytes: int) -> socket.socket:
+    """A raw HTTP/2 connection holding `nbytes` of unfinished Export messages (within its window)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(PREFACE + frame(SETTINGS, 0, 0))
+    block = encode_literal(
+        [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", TRACES.encode()),
+            (b":authority", b"x"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ]
+    )
+    sid, sent = 1, 0
+    while sent < nbytes:
+        part = min(LIMIT - 64 * KiB, nbytes - sent)  # one message, never finished
+        s.sendall(frame(HEADERS, END_HEADERS, sid, block))
+        body = b"\x00" + LIMIT.to_bytes(4, "big") + bytes(part - 5)
+        for offset in range(0, len(body), 16 * KiB):
+            s.sendall(frame(DATA, 0, sid, body[offset : offset + 16 * KiB]))
+        sent += part
+        sid += 2
+    return s
+
+
+def _admitted(channel: grpc.Channel) -> bool:
+    try:
+        ok_call(channel, timeout=3)
+    except grpc.RpcError:
+        return False
+    return True
+
+
+def test_grpc_admission_refuses_with_retry_info_once_held_bytes_fill_the_budget(
+    workers, tmp_path: Path
+) -> None:
+    """The budget is GRPC_LIMIT worst-case messages; each connection's window is its fair share
+    (a quarter), so it takes several connections to fill it, and then a call is refused with
+    UNAVAILABLE + RetryInfo; once they go, calls are admitted again."""
+    budget = grpc_admission_bytes(
+        Settings(memory_limit_mib=SMALL_MEMORY_MIB, grpc_max_recv_bytes=LIMIT),
+        resolve_limits(SMALL_MEMORY_MIB, 0),
+    )
+    window = grpc_connection_window(budget, LIMIT)
+    assert window < budget
+    w = start(workers, tmp_path, memory_limit_mib=SMALL_MEMORY_MIB)
+    per_connection = window - 64 * KiB
+    holders = [_hold(w.grpc_port, per_connection) for _ in range(budget // per_connection + 1)]
+    try:
+        with grpc.insecure_channel(w.grpc_target) as ch:
+
+            def refused() -> grpc.RpcError | None:
+                try:
+                    raw_stub(ch, Signal.TRACES)(_big_and_small().SerializeToString(), timeout=3)
+                except grpc.RpcError as e:
+                    return e
+                return None
+
+            error = wait_until(refused, 10, what="a refusal with the budget full")
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+            info = retry_info(rich_status(error))
+            assert info is not None and info.retry_delay.seconds >= 1
+            for holder in holders:
+                holder.close()
+            holders = []
+            wait_until(lambda: _admitted(ch), 10, what="calls admitted again")
+    finally:
+        for holder in holders:
+            holder.close()
 
 
 def test_stalled_grpc_call_is_cancelled_after_the_read_timeout(workers, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from otlp_ingest.transport.h2 import (
+from otlp_ingest.transport.frames import (
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -104,7 +104,7 @@ def grpc_call(
             elif kind == PING and not flags & 1:
                 sock.sendall(frame(PING, 1, 0, payload))
             elif kind == HEADERS and stream == sid:
-                result.headers.update(decoder.decode(payload))
+                result.headers.update(decoder.decode(payload).headers)
                 if flags & END_STREAM:
                     return result
             elif kind == DATA and stream == sid:
