@@ -25,9 +25,10 @@ handler. What a request means is the `StreamHandler`'s business:
 - `on_closed(stream)`: the stream is gone, exactly once for every stream `on_request` saw.
 
 Answering early never resets the stream: once the answer (ending with END_STREAM) is out, what
-the client still sends of the body is read and dropped (its flow-control credit given back), up
-to the larger of `max_body` and DISCARD_MIN bytes, so a proxy in front passes the answer on
-unchanged (a RST_STREAM after a complete answer reaches some clients as CANCELLED).
+the client still sends of the body is read and dropped (its flow-control credit given back),
+within the connection's discard bucket and `read_timeout` (then RST_STREAM NO_ERROR), so a
+proxy in front passes the answer on unchanged (a RST_STREAM right after a complete answer
+reaches some clients through HAProxy as CANCELLED).
 
 Admission and flow control (receiving): body bytes are charged to the worker's `BodyBudget` as
 they arrive (a stalled body holds only what it sent) and released when the stream is answered;
@@ -139,9 +140,12 @@ from otlp_ingest.transport.streams import (
 
 log = logging.getLogger(__name__)
 
-# Body bytes an answered stream may still send (and we drop) beyond its max_body.
-DISCARD_MIN = 64 * 1024
 _GOAWAY_PING = b"goaway\x00\x01"
+# DATA a connection may send that we only drop (on closed or answered streams): a burst, then
+# a rate, in bytes. Legitimate cases are small: frames in flight when we reset a stream, or the
+# rest of a message answered RESOURCE_EXHAUSTED.
+DISCARD_BURST = 2 << 20
+DISCARD_RATE = 1 << 20
 _SETTING = struct.Struct(">HI")
 _HEADERS_TOO_LARGE = encode_literal([(b":status", b"431")])
 
@@ -286,8 +290,7 @@ class H2Connection(asyncio.Protocol):
         config = self.config
         self._flood = TokenBucket(config.flood_burst, config.flood_rate, now)
         self._resets = TokenBucket(config.reset_burst, config.reset_rate, now)
-        window = config.connection_window
-        self._discards = TokenBucket(window, window / 8, now)
+        self._discards = TokenBucket(DISCARD_BURST, DISCARD_RATE, now)
         self.transport.set_write_buffer_limits(high=config.write_buffer_high)  # type: ignore[union-attr]
         settings = struct.pack(
             ">HIHIHIHI",
@@ -300,7 +303,7 @@ class H2Connection(asyncio.Protocol):
             SETTINGS_ENABLE_PUSH,
             0,
         )
-        increment = window - DEFAULT_WINDOW
+        increment = config.connection_window - DEFAULT_WINDOW
         self.transport.write(  # type: ignore[union-attr]
             frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, U32.pack(increment))
         )
@@ -595,14 +598,10 @@ class H2Connection(asyncio.Protocol):
             raise StreamError(stream_id, PROTOCOL_ERROR, "body longer than its content-length", "malformed")
         if consumed > n:
             self._release(consumed - n)  # the padding
-        if stream.responded:  # answered already: drop the rest of the body
-            self._release(n)
+        if stream.responded:  # answered already: drop the rest of the body (bounded by the
+            self._release(n)  # discard bucket in bytes and by read_timeout in time)
             self._discard(n)
             stream.discarded += n
-            if stream.discarded > max(stream.max_body, DISCARD_MIN):
-                self.defences.hit("discarded_data", "a client kept sending the body of an answered request")
-                self._reset(stream, NO_ERROR)
-                return
         elif stream.received > stream.max_body:
             self._release(n)
             stream.chunks = []
@@ -764,7 +763,7 @@ class H2Connection(asyncio.Protocol):
         stream = self.streams.get(exc.stream_id)
         if stream is not None:
             self._reset(stream, exc.code)
-        elif self.closed_streams.get(exc.stream_id) is not Closed.RESET_BY_PEER:  # never RST for RST
+        else:  # closed already (a RST_STREAM itself never gets here: no RST answers a RST)
             self._refuse_new(exc.stream_id, exc.code)
         try:
             self._spend_reset()
@@ -923,17 +922,17 @@ class H2Connection(asyncio.Protocol):
         transport.resume_reading()  # what still comes is read and dropped
 
     def abort(self) -> None:
-        """Close now (the shutdown grace is over)."""
-        if self.transport is not None and not self.transport.is_closing():
+        """Close now, dropping unsent bytes (a peer that does not read would hold close())."""
+        if self.transport is not None:
             self.closed = True
-            self.transport.close()
+            self.transport.abort()
 
     def sweep(self, now: float) -> None:
         """Deadlines, checked by the worker's sweeper (module docstring)."""
         if self.closed:
             if self._linger_until and now >= self._linger_until:
                 self._linger_until = 0.0
-                self.transport.close()  # type: ignore[union-attr]
+                self.transport.abort()  # type: ignore[union-attr]  # close() would wait for the peer
             return
         config = self.config
         timeout = config.read_timeout

@@ -276,7 +276,7 @@ class HttpConnection(asyncio.Protocol):
         if self.closing:  # lingering: drop what still arrives, within reason
             self._lingered += len(data)
             if self._lingered > LINGER_MAX_BYTES:
-                self.transport.close()  # type: ignore[union-attr]
+                self.transport.abort()  # type: ignore[union-attr]
             return
         held = self._held
         if held:
@@ -386,6 +386,10 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         if self.closing:
+            return
+        if self._header_bytes > MAX_HEADER_BYTES:  # a whole head that came in one read
+            self.defences.hit("header_too_large", f"HTTP request head over {MAX_HEADER_BYTES} bytes: 431")
+            self._answer_and_close(_HEADERS_TOO_LARGE)
             return
         headers = self._headers
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
@@ -512,7 +516,7 @@ class HttpConnection(asyncio.Protocol):
         if self.closing:
             if self._linger_until and now >= self._linger_until:
                 self._linger_until = 0.0
-                self.transport.close()  # type: ignore[union-attr]
+                self.transport.abort()  # type: ignore[union-attr]  # close() would wait for the peer
             return
         timeout = self.config.read_timeout
         if self._write_blocked_since and now - self._write_blocked_since > self.config.write_timeout:
@@ -550,6 +554,7 @@ class HttpConnection(asyncio.Protocol):
             self._close(lingering=False)
 
     def abort(self) -> None:
+        """Close now, dropping unsent bytes (a peer that does not read would hold close())."""
         if self.transport is not None:
             self.closing = True
-            self.transport.close()
+            self.transport.abort()
