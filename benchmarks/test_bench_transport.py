@@ -62,6 +62,9 @@ class CountingTransport:
     def can_write_eof(self) -> bool:
         return False
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
 
 @pytest.fixture(scope="module")
 def pipeline() -> Iterator[tuple[ExportService, ExportRunner, Callable[[], None]]]:

@@ -129,7 +129,7 @@ from otlp_ingest.transport.frames import (
 )
 from otlp_ingest.transport.hpack import HeaderBlock, HeaderBomb, HeaderDecoder, HpackError, encode_literal
 from otlp_ingest.transport.streams import (
-    TRANSITIONS,
+    NEXT,
     Closed,
     ClosedStreams,
     Event,
@@ -389,7 +389,13 @@ class H2Connection(asyncio.Protocol):
                 break
             pos = start + length
             try:
-                self._on_frame(kind, flags, stream_id & 0x7FFFFFFF, data[start:pos])
+                if self._block is None and self._settings_seen and kind <= HEADERS:  # the common two
+                    if kind == DATA:
+                        self._on_data(flags, stream_id & 0x7FFFFFFF, data[start:pos])
+                    else:
+                        self._on_headers(flags, stream_id & 0x7FFFFFFF, data[start:pos])
+                else:
+                    self._on_frame(kind, flags, stream_id & 0x7FFFFFFF, data[start:pos])
             except StreamError as exc:
                 self._stream_error(exc)
             if self.closed:
@@ -437,7 +443,7 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionError_(ENHANCE_YOUR_CALM, f"flood of {what}", reason)
 
     def _transition(self, stream: Stream, event: Event) -> None:
-        after = TRANSITIONS[(stream.state, event)]
+        after = NEXT[stream.state][event]
         if type(after) is Violation:
             if after.connection:
                 raise ConnectionError_(after.code, f"stream {stream.id}: {after.rule}")
@@ -514,16 +520,10 @@ class H2Connection(asyncio.Protocol):
             return
         if self_dependent:
             raise StreamError(stream_id, PROTOCOL_ERROR, "stream depends on itself (5.3.1)", "malformed")
-        headers = decoded.headers
-        problem = decoded.problem or _pseudo_problem(headers)
+        problem, content_length = decoded.request()
         if problem is not None:
             raise StreamError(stream_id, PROTOCOL_ERROR, f"malformed request: {problem}", "malformed")
-        content_length = -1
-        value = headers.get(b"content-length")
-        if value is not None:
-            if not value.isdigit():
-                raise StreamError(stream_id, PROTOCOL_ERROR, "malformed request: content-length", "malformed")
-            content_length = int(value)
+        headers = decoded.headers
         if len(self.streams) >= self.config.max_concurrent_streams:
             self._spend_reset()
             self.defences.hit("too_many_streams", "a client opened more streams than it may")
@@ -781,7 +781,8 @@ class H2Connection(asyncio.Protocol):
         if stream.responded or self.closed:
             return
         stream.chunks = []
-        self._release_held(stream)
+        if stream.held:
+            self._release_held(stream)
         self._flood.refund()  # type: ignore[union-attr]
         sid = stream.id
         if data is None and trailers is None:
@@ -855,7 +856,8 @@ class H2Connection(asyncio.Protocol):
         if self.streams.pop(stream.id, None) is None:
             return
         self.closed_streams.add(stream.id, how)
-        self._release_held(stream)
+        if stream.held:
+            self._release_held(stream)
         if stream.handled:
             self.handler.on_closed(stream)
 
@@ -971,19 +973,3 @@ class H2Connection(asyncio.Protocol):
                 return
         if not self._in_receive:
             self._flush()
-
-
-def _pseudo_problem(headers: dict[bytes, bytes]) -> str | None:
-    """What RFC 9113 8.3.1 requires of a request's pseudo-headers, or None."""
-    method = headers.get(b":method")
-    if method is None:
-        return "no :method"
-    if method == b"CONNECT":
-        if b":scheme" in headers or b":path" in headers or b":authority" not in headers:
-            return "CONNECT with :scheme or :path, or without :authority"
-        return None
-    if not headers.get(b":scheme"):
-        return "no :scheme"
-    if not headers.get(b":path"):
-        return "no or empty :path"
-    return None

@@ -67,13 +67,45 @@ class HeaderBlock:
     """One decoded header block: `headers`, `problem` (None, or why it is malformed), `size`
     (RFC 7541 4.1 sizes summed) and `too_large` (size above the decoder's list limit)."""
 
-    __slots__ = ("headers", "problem", "size", "too_large")
+    __slots__ = ("_request", "headers", "problem", "size", "too_large")
 
     def __init__(self, headers: dict[bytes, bytes], problem: str | None, size: int, too_large: bool) -> None:
         self.headers = headers
         self.problem = problem
         self.size = size
         self.too_large = too_large
+        self._request: tuple[str | None, int] | None = None
+
+    def request(self) -> tuple[str | None, int]:
+        """(why the block is not a valid request head or None, its content-length or -1), worked
+        out once per block (cached blocks are shared by every call that sends them)."""
+        if self._request is None:
+            problem = self.problem or _pseudo_problem(self.headers)
+            length = -1
+            value = self.headers.get(b"content-length")
+            if value is not None and problem is None:
+                if value.isdigit():
+                    length = int(value)
+                else:
+                    problem = "content-length is not a number"
+            self._request = (problem, length)
+        return self._request
+
+
+def _pseudo_problem(headers: dict[bytes, bytes]) -> str | None:
+    """What RFC 9113 8.3.1 requires of a request's pseudo-headers, or None."""
+    method = headers.get(b":method")
+    if method is None:
+        return "no :method"
+    if method == b"CONNECT":
+        if b":scheme" in headers or b":path" in headers or b":authority" not in headers:
+            return "CONNECT with :scheme or :path, or without :authority"
+        return None
+    if not headers.get(b":scheme"):
+        return "no :scheme"
+    if not headers.get(b":path"):
+        return "no or empty :path"
+    return None
 
 
 def field_problem(name: bytes, value: bytes, regular_seen: bool, headers: dict[bytes, bytes]) -> str | None:

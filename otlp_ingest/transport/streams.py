@@ -21,7 +21,9 @@ A server never sends PUSH_PROMISE, so the reserved states do not occur:
 
 `TRANSITIONS[(state, event)]` is the next state, or a `Violation` saying which error the event is
 in that state (a stream error or a connection error, and its code). A pair that is not in the
-table cannot happen (the connection never produces it). Closed streams are not kept as objects:
+table cannot happen (the connection never produces it). `NEXT[state][event]` is the same table
+indexed by position, for the hot path (a tuple index is a few times cheaper than hashing a pair
+of enum members). Closed streams are not kept as objects:
 `ClosedStreams` remembers the most recent ones and how they closed, because what a late frame on
 a closed stream means depends on who closed it (5.1, "closed").
 """
@@ -93,6 +95,9 @@ TRANSITIONS: dict[tuple[State, Event], State | Violation] = {
     (S.HALF_CLOSED_LOCAL, E.RECV_WINDOW_UPDATE): S.HALF_CLOSED_LOCAL,
     (S.HALF_CLOSED_LOCAL, E.SEND_RST): S.CLOSED,
 }
+NEXT: tuple[tuple[State | Violation | None, ...], ...] = tuple(
+    tuple(TRANSITIONS.get((state, event)) for event in Event) for state in State
+)
 del S, E
 
 
