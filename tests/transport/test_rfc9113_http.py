@@ -12,10 +12,8 @@ from __future__ import annotations
 import pytest
 
 from tests.transport.h2peer import (
-    DATA,
     END_HEADERS,
     END_STREAM,
-    EXPORT_PATH,
     HEADERS,
     PROTOCOL_ERROR,
     PUSH_PROMISE,
@@ -109,6 +107,14 @@ def test_8_1_1_content_length_below_sum_of_data_frames_is_malformed(peer: Peer) 
     peer.send(
         head, peer.data(sid, grpc_message()), peer.data(sid, grpc_message(), end_stream=True), barrier=True
     )
+    peer.expect_stream_error(sid, PROTOCOL_ERROR)
+
+
+def test_8_1_1_content_length_without_data_is_malformed(peer: Peer) -> None:
+    """RFC 9113 8.1.1: content-length 5 on a request whose HEADERS ends the stream (no DATA at all)
+    does not equal the content received: malformed, stream error PROTOCOL_ERROR."""
+    block = peer.encode(peer.request_headers(extra=[("content-length", "5")]))
+    sid = send_request(peer, block, body=None)
     peer.expect_stream_error(sid, PROTOCOL_ERROR)
 
 
@@ -286,10 +292,21 @@ def test_8_4_push_promise_from_client_is_protocol_error(peer: Peer) -> None:
     peer.expect_connection_error(PROTOCOL_ERROR)
 
 
+def test_8_1_non_grpc_request_gets_an_http_answer(peer: Peer) -> None:
+    """RFC 9113 8.1: a well-formed request that is not a gRPC call (GET /) is still a valid HTTP
+    exchange: the server answers it with a response (any status), not a stream error."""
+    fields = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", peer.authority)]
+    sid = send_request(peer, peer.encode(fields), body=None)
+    result = peer.response(sid)
+    assert result.status is not None and result.reset in (None, 0) and result.goaway is None, (
+        peer.transcript()
+    )
+    peer.assert_usable()
+
+
 def test_8_1_request_exchange_on_many_streams(peer: Peer) -> None:
     """RFC 9113 8.1 / 5: requests on successive streams of one connection are each answered on
     their own stream (gRPC Export, grpc-status 0)."""
     for _ in range(5):
         result = peer.grpc_call()
         assert result.status == 200 and result.grpc_status == 0, peer.transcript()
-    assert DATA == 0 and EXPORT_PATH.endswith("/Export")
