@@ -59,7 +59,7 @@ from otlp_ingest.queue import QueueSpec, wal_max_bytes
 from otlp_ingest.ring.layout import owner_id
 from otlp_ingest.shutdown_deadline import deadline_path, write_deadline
 from otlp_ingest.supervisor import queues
-from otlp_ingest.supervisor.admin import AdminServer
+from otlp_ingest.supervisor.admin import AdminServer, listen_socket
 from otlp_ingest.supervisor.child import ChildSlot
 from otlp_ingest.supervisor.status import StatusSampler
 from otlp_ingest.telemetry.collect import ProcessInfo, TreeSnapshot
@@ -82,6 +82,8 @@ STRUCTURAL = (
     "queue_segment_bytes",
     "bind",
     "admin_port",
+    "admin_max_connections",
+    "admin_header_timeout",
 )
 ADOPTED_CHECK_INTERVAL = 1.0  # how often drained adopted rings are looked for
 # How often the tokens file's stat signature is checked. A stat costs microseconds; Kubernetes
@@ -233,13 +235,7 @@ class Supervisor:
         # Samples counters, CPU and the children's status files once a second (the status page).
         self.status = StatusSampler(self.multiproc_dir, self.snapshot)
         try:
-            self.admin = AdminServer(
-                self.settings.bind,
-                self.settings.admin_port,
-                self.multiproc_dir,
-                self.snapshot,
-                self.status.status_json,
-            )
+            admin_sock = listen_socket(self.settings.bind, self.settings.admin_port)
         except OSError as exc:
             log.error(
                 "cannot listen on admin port %s:%d: %s (set OTLP_ADMIN_PORT or --admin-port)",
@@ -248,6 +244,14 @@ class Supervisor:
                 exc.strerror or exc,
             )
             return ExitCode.CHILD_BOOT
+        self.admin = AdminServer(
+            admin_sock,
+            self.multiproc_dir,
+            self.snapshot,
+            self.status.status_json,
+            max_connections=self.settings.admin_max_connections,
+            header_timeout=self.settings.admin_header_timeout,
+        )
         self.admin.start()
         self.status.start()
         self.exporters = [
