@@ -145,6 +145,8 @@ _GOAWAY_PING = b"goaway\x00\x01"
 # a rate, in bytes. Legitimate cases are small: frames in flight when we reset a stream, or the
 # rest of a message answered RESOURCE_EXHAUSTED.
 DISCARD_BURST = 2 << 20
+# What a closing connection reads and drops before it gives up waiting for the peer to close.
+LINGER_MAX_BYTES = 1 << 20
 DISCARD_RATE = 1 << 20
 _SETTING = struct.Struct(">HI")
 _HEADERS_TOO_LARGE = encode_literal([(b":status", b"431")])
@@ -250,7 +252,8 @@ class H2Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}
         self.closed_streams = ClosedStreams(2 * config.max_concurrent_streams)
-        self.last_stream_id = 0
+        self.last_stream_id = 0  # the highest stream id the client used
+        self.last_accepted = 0  # the highest stream id we took on (GOAWAY's last stream id)
         self.opened = 0.0
         self.goaway_at = 0.0  # when we sent the first GOAWAY (0 = not yet)
         self.closed = False  # no more frames are processed or written
@@ -258,6 +261,7 @@ class H2Connection(asyncio.Protocol):
         self._final_goaway_sent = False
         self._close_when_idle = False
         self._linger_until = 0.0
+        self._lingered = 0  # bytes read and dropped while lingering
         self._buffer = b""
         self._preface = False
         self._settings_seen = False
@@ -334,8 +338,11 @@ class H2Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return  # lingering after our last frame: read and dropped
+        if self.closed:  # lingering after our last frame: read and dropped, within reason
+            self._lingered += len(data)
+            if self._lingered > LINGER_MAX_BYTES:
+                self.transport.abort()  # type: ignore[union-attr]
+            return
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
@@ -533,6 +540,7 @@ class H2Connection(asyncio.Protocol):
         stream = Stream(stream_id, headers, self._peer_initial_window, window, self.clock())
         stream.content_length = content_length
         self.streams[stream_id] = stream
+        self.last_accepted = stream_id
         if decoded.too_large:
             self.defences.hit("header_list_too_large", "request headers over the list limit: 431")
             head = frame_head(len(_HEADERS_TOO_LARGE), HEADERS, END_HEADERS | END_STREAM, stream_id)
@@ -894,8 +902,8 @@ class H2Connection(asyncio.Protocol):
 
     def _final_goaway(self) -> None:
         self._final_goaway_sent = True
-        self._goaway_last = self.last_stream_id
-        self._send(goaway(self.last_stream_id, NO_ERROR))
+        self._goaway_last = self.last_accepted
+        self._send(goaway(self.last_accepted, NO_ERROR))
 
     def _fail(self, code: int, message: str, reason: str) -> None:
         """A connection error: GOAWAY with `code`, then close (draining reads)."""
@@ -905,7 +913,7 @@ class H2Connection(asyncio.Protocol):
             self.defences.hit(reason, message)
         else:
             log.debug("HTTP/2 connection error %d: %s", code, message)
-        self._out.append(goaway(self.last_stream_id, code))
+        self._out.append(goaway(self.last_accepted, code))
         self._close_gracefully()
 
     def _close_gracefully(self) -> None:
