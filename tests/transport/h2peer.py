@@ -479,8 +479,12 @@ class Peer:
             f"call on stream {result.stream_id} got {self.transcript(start)}"
         )
 
-    def expect_connection_error(self, *codes: int, timeout: float = 3.0) -> GoAwayFrame:
-        """RFC 9113 5.4.1: GOAWAY with one of `codes`, then the server closes the connection."""
+    def expect_connection_error(
+        self, *codes: int, timeout: float = 3.0, close_timeout: float | None = None
+    ) -> GoAwayFrame:
+        """RFC 9113 5.4.1: GOAWAY with one of `codes`, and nothing after it. With `close_timeout`,
+        the server must also close the connection within that time (it may first read what the
+        client still sends, for a while: only test_5_4_1 waits for that)."""
         start = len(self.received)
         names = " or ".join(map(error_name, codes))
         goaway = self.collect(lambda f: isinstance(f, GoAwayFrame), timeout)
@@ -491,8 +495,21 @@ class Peer:
         assert goaway.error_code in codes, (
             f"expected GOAWAY {names}; the server sent: {self.transcript(start)}"
         )
-        assert self.wait_closed(timeout), "GOAWAY for an error, but the connection was not closed"
+        self._nothing_after_goaway(close_timeout)
         return goaway
+
+    def _nothing_after_goaway(self, close_timeout: float | None) -> None:
+        """After a GOAWAY for an error the connection is over: no frame may follow it (what
+        arrives within a moment, or until the close when `close_timeout` is given)."""
+        later = len(self.received)
+        self.wait_closed(0.1 if close_timeout is None else close_timeout)
+        extra = [f for f in self.received[later:] if not isinstance(f, str)]
+        assert not extra, f"frames sent after a GOAWAY for an error: {self.transcript(later)}"
+        if close_timeout is not None:
+            assert self.closed, (
+                f"RFC 9113 5.4.1: after GOAWAY for an error the server MUST close the connection; "
+                f"still open {close_timeout}s later"
+            )
 
     def expect_stream_error(self, stream_id: int, *codes: int, timeout: float = 3.0) -> RstStreamFrame:
         """RFC 9113 5.4.2: RST_STREAM with one of `codes` on `stream_id`, and the connection
@@ -517,7 +534,7 @@ class Peer:
             f"{self.transcript(start)}{self._still_open(start)}"
         )
         if isinstance(frame, GoAwayFrame):
-            assert self.wait_closed(timeout), "GOAWAY for an error, but the connection was not closed"
+            self._nothing_after_goaway(None)
         else:
             self.assert_usable()
         return frame

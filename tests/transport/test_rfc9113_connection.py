@@ -109,7 +109,7 @@ def test_3_4_invalid_preface_is_protocol_error(connect) -> None:
     error of type PROTOCOL_ERROR. A GOAWAY frame MAY be omitted in this case"."""
     peer = connect(handshake=False)
     peer.send_raw(b"INVALID CONNECTION PREFACE\r\n\r\n")
-    assert peer.wait_closed(), f"invalid preface: connection not closed; got {peer.transcript()}"
+    assert peer.wait_closed(5.0), f"invalid preface: connection not closed; got {peer.transcript()}"
     goaways = [f for f in peer.received if getattr(f, "type", None) == 7]
     assert all(f.error_code == PROTOCOL_ERROR for f in goaways), peer.transcript()
 
