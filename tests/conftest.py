@@ -28,6 +28,12 @@ from tests.support.waiting import free_port, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHILD_BOOT_EXIT = 3  # errors.ExitCode.CHILD_BOOT: e.g. a port we picked was taken in between
+CONFIG_EXIT = 2  # errors.ExitCode.CONFIG: also a port taken before start-up (supervisor/ports.py)
+
+
+def port_was_taken(code: int | None, log: str) -> bool:
+    """Whether a server exited because a port we picked was taken in between (then: new ports)."""
+    return code == CHILD_BOOT_EXIT or (code == CONFIG_EXIT and "Address already in use" in log)
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -159,7 +165,7 @@ class ServerProcess:
                 return self
             except AssertionError:
                 code = self.proc.poll()
-                if code == CHILD_BOOT_EXIT:
+                if port_was_taken(code, self.log_tail()):
                     continue
                 self.kill()
                 raise

@@ -1,11 +1,14 @@
 """The supervisor's main loop (design.md section 2; house rules 1-3, 5, 10).
 
 Start-up: install the signal handlers (so a SIGTERM during boot is queued and acted on, not
-fatal), remove the metrics directories of dead supervisors, set up the queues (queues.py: in
+fatal), claim the ports (bind the admin listener, probe and reserve the OTLP ports: ports.py; a
+port someone holds exits 2 with one line naming it and its holder, before anything else happens:
+a second `serve` must not join the first one's SO_REUSEPORT group), remove the metrics
+directories of dead supervisors, set up the queues (queues.py: in
 shared-memory mode adopt the non-empty rings of dead supervisors with our destination, wipe the
 other stale ones, create one ring per worker; in durable mode lock OTLP_QUEUE_DIR and use one log
 per worker plus the logs of earlier runs with more workers), create the Prometheus multiprocess
-directory, bind the admin endpoint, start the exporters, wait for them to be ready, then start the
+directory, start the admin endpoint, start the exporters, wait for them to be ready, then start the
 workers (downstream first). Queue k (workers' first, then adopted/extra ones) is drained by
 exporter k % exporters. Signal handlers only queue the signal and wake the loop through
 `signal.set_wakeup_fd`; the loop does all the work:
@@ -19,7 +22,8 @@ exporter k % exporters. Signal handlers only queue the signal and wake the loop 
   and wait (they flush what the queues hold and stop before the deadline), all inside
   `shutdown_timeout`; then SIGKILL leftovers (exit 4) or exit 0. Empty rings are unlinked at exit;
   rings still holding acknowledged records are kept for the next start (queues.py).
-- SIGHUP: reload the config; if valid, restart workers one at a time, then exporters. An invalid
+- SIGHUP: reload the config; if valid, restart workers one at a time, then exporters. A new
+  OTLP port is probed and reserved first; a taken one keeps the old port (logged). An invalid
   config is logged and the old one kept. When nothing but the bearer tokens changed (same
   settings, same content in every TLS file: `file_fingerprints`), nothing restarts: the workers
   are told to re-read the tokens (below). A SIGHUP that changes nothing at all still restarts
@@ -45,6 +49,7 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -58,7 +63,7 @@ from otlp_ingest.errors import ConfigError, ExitCode
 from otlp_ingest.queue import QueueSpec, wal_max_bytes
 from otlp_ingest.ring.layout import owner_id
 from otlp_ingest.shutdown_deadline import deadline_path, write_deadline
-from otlp_ingest.supervisor import queues
+from otlp_ingest.supervisor import ports, queues
 from otlp_ingest.supervisor.admin import AdminServer, listen_socket
 from otlp_ingest.supervisor.child import ChildSlot
 from otlp_ingest.supervisor.status import StatusSampler
@@ -85,6 +90,8 @@ STRUCTURAL = (
     "admin_max_connections",
     "admin_header_timeout",
 )
+# The OTLP ports the supervisor checks and holds (supervisor/ports.py): (name, field, env).
+OTLP_PORTS = (("grpc", "grpc_port", "OTLP_GRPC_PORT"), ("http", "http_port", "OTLP_HTTP_PORT"))
 ADOPTED_CHECK_INTERVAL = 1.0  # how often drained adopted rings are looked for
 # How often the tokens file's stat signature is checked. A stat costs microseconds; Kubernetes
 # takes up to a minute or so to propagate a Secret change anyway.
@@ -147,6 +154,8 @@ class Supervisor:
         self._queue_lock_fd = -1
         self._next_adopted_check = 0.0
         self.admin: AdminServer | None = None
+        self._admin_sock: socket.socket | None = None  # bound first, handed to the AdminServer
+        self._reserved: dict[str, socket.socket] = {}  # "grpc"/"http" -> reservation (ports.py)
         self.status: StatusSampler | None = None
         self._selector = selectors.DefaultSelector()
         self._signals: collections.deque[int] = collections.deque()
@@ -196,7 +205,11 @@ class Supervisor:
     # --- start-up -----------------------------------------------------------------------------
 
     def _boot(self) -> int | None:
-        """Queues, metrics dir and admin listener. Returns an exit code if start-up failed."""
+        """Ports, queues, metrics dir and admin listener. Returns an exit code if start-up failed."""
+        # First: a server already on these ports must be named, before anything of ours exists.
+        code = self._claim_ports()
+        if code is not None:
+            return code
         try:
             # First: from here on other supervisors see this run as alive.
             self._dest_fd = queues.write_destination(self.owner, self.settings)
@@ -234,24 +247,16 @@ class Supervisor:
         self.memory.start()
         # Samples counters, CPU and the children's status files once a second (the status page).
         self.status = StatusSampler(self.multiproc_dir, self.snapshot)
-        try:
-            admin_sock = listen_socket(self.settings.bind, self.settings.admin_port)
-        except OSError as exc:
-            log.error(
-                "cannot listen on admin port %s:%d: %s (set OTLP_ADMIN_PORT or --admin-port)",
-                self.settings.bind,
-                self.settings.admin_port,
-                exc.strerror or exc,
-            )
-            return ExitCode.CHILD_BOOT
+        assert self._admin_sock is not None
         self.admin = AdminServer(
-            admin_sock,
+            self._admin_sock,
             self.multiproc_dir,
             self.snapshot,
             self.status.status_json,
             max_connections=self.settings.admin_max_connections,
             header_timeout=self.settings.admin_header_timeout,
         )
+        self._admin_sock = None  # the AdminServer closes it
         self.admin.start()
         self.status.start()
         self.exporters = [
@@ -274,6 +279,26 @@ class Supervisor:
             else f"file sink {self.settings.data_dir}",
         )
         self._publish()
+        return None
+
+    def _claim_ports(self) -> int | None:
+        """Bind the admin listener and reserve the OTLP ports (ports.py), or exit 2 with one line
+        naming the port and what holds it: a second `serve` must not share the first one's ports."""
+        bind = self.settings.bind
+        try:
+            try:
+                self._admin_sock = listen_socket(bind, self.settings.admin_port)
+            except OSError as exc:
+                raise ports.PortTaken(
+                    ports.message("admin", bind, self.settings.admin_port, exc, "OTLP_ADMIN_PORT")
+                ) from None
+            for what, field, env in OTLP_PORTS:
+                held = ports.reserve(bind, [(what, getattr(self.settings, field), env)])
+                if held:  # none for port 0
+                    self._reserved[what] = held[0]
+        except ports.PortTaken as exc:
+            log.error("%s", exc)
+            return ExitCode.CONFIG
         return None
 
     def _setup_queues(self, workers: int) -> list[QueueSpec] | None:
@@ -594,6 +619,11 @@ class Supervisor:
                 slot.close_ready_pipe()
         if self.admin is not None:
             self.admin.stop()
+        if self._admin_sock is not None:
+            self._admin_sock.close()
+        for sock in self._reserved.values():
+            sock.close()
+        self._reserved.clear()
         if self.status is not None:
             self.status.stop()
         if self.memory is not None:
@@ -648,6 +678,7 @@ class Supervisor:
                     old_value,
                 )
                 kept[name] = old_value
+        kept.update(self._move_port_reservations(new))
         new = msgspec.structs.replace(new, **kept)
         try:
             entries = self._read_tokens(new)
@@ -676,6 +707,27 @@ class Supervisor:
             len(self.workers),
             len(self.exporters),
         )
+
+    def _move_port_reservations(self, new: Settings) -> dict[str, int]:
+        """Reserve the OTLP ports a reload changes before the workers move to them; a taken port
+        keeps the old one (returned as field -> old value, like STRUCTURAL settings)."""
+        kept: dict[str, int] = {}
+        for what, field, env in OTLP_PORTS:
+            old_port, new_port = getattr(self.settings, field), getattr(new, field)
+            if old_port == new_port:
+                continue
+            try:
+                held = ports.reserve(self.settings.bind, [(what, new_port, env)])
+            except ports.PortTaken as exc:
+                log.error("reload: %s; keeping %s %d", exc, field, old_port)
+                kept[field] = old_port
+                continue
+            previous = self._reserved.pop(what, None)
+            if previous is not None:
+                previous.close()
+            if held:
+                self._reserved[what] = held[0]
+        return kept
 
     def _advance_roll(self) -> None:
         if self._rolling is not None:

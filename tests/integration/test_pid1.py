@@ -24,7 +24,7 @@ import pytest
 from otlp_ingest.loadgen import OK, GrpcSender, PayloadFactory
 from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.ring.layout import NAME_PREFIX, shm_dir
-from tests.conftest import CHILD_BOOT_EXIT, ServerProcess, free_port, wait_until
+from tests.conftest import ServerProcess, free_port, port_was_taken, wait_until
 
 
 def _unshare_unavailable() -> str | None:
@@ -64,7 +64,7 @@ class Pid1Server(ServerProcess):
                 self.wait_ready(ready_timeout)
                 return self
             except AssertionError:
-                if self.proc.poll() == CHILD_BOOT_EXIT and "Address already in use" in self.log_tail():
+                if port_was_taken(self.proc.poll(), self.log_tail()) and "in use" in self.log_tail():
                     continue  # a picked port was taken meanwhile
                 self.kill()
                 raise
