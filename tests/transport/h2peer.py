@@ -489,7 +489,7 @@ class Peer:
         names = " or ".join(map(error_name, codes))
         goaway = self.collect(lambda f: isinstance(f, GoAwayFrame), timeout)
         assert isinstance(goaway, GoAwayFrame), (
-            f"expected a connection error (GOAWAY {names}, then close); the server sent: "
+            f"expected a connection error (GOAWAY {names}); the server sent: "
             f"{self.transcript(start)}{self._still_open(start)}"
         )
         assert goaway.error_code in codes, (
