@@ -36,6 +36,7 @@ from hyperframe.frame import (
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
+    PriorityFrame,
     RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
@@ -359,9 +360,16 @@ def expect_goaway_or_close(a: Attack, ab: H2Abuser, within: float, codes: tuple[
 # ----------------------------------------------------------------------------------- the tests
 
 
-def test_rapid_reset_cve_2023_44487_gets_goaway_enhance_your_calm(gateway: Gateway, attack) -> None:
+@pytest.mark.parametrize(
+    "reset_by", ["client", "server"], ids=["client-resets", "server-resets-cve-2025-8671"]
+)
+def test_rapid_reset_cve_2023_44487_gets_goaway_enhance_your_calm(
+    gateway: Gateway, attack, reset_by: str
+) -> None:
     """HEADERS then RST_STREAM(CANCEL), as fast as the abuser can: each stream costs the server
-    a request set-up and no concurrency slot is ever held, so only counting resets stops it."""
+    a request set-up and no concurrency slot is ever held, so only counting resets stops it.
+    The same with resets the server is made to send ("MadeYouReset", CVE-2025-8671): HEADERS
+    then a WINDOW_UPDATE of 0 on the stream, a stream error the server answers with RST_STREAM."""
     with attack("grpc", "rapid_reset") as a:
         ab = H2Abuser(gateway)
         try:
@@ -373,13 +381,18 @@ def test_rapid_reset_cve_2023_44487_gets_goaway_enhance_your_calm(gateway: Gatew
                 for _ in range(200):
                     sid = next(ids)
                     out.append(headers_frame(sid, ab.encoder.encode(headers)))
-                    out.append(RstStreamFrame(sid, error_code=ErrorCodes.CANCEL).serialize())
+                    if reset_by == "client":
+                        out.append(RstStreamFrame(sid, error_code=ErrorCodes.CANCEL).serialize())
+                    else:
+                        out.append(WindowUpdateFrame(sid, window_increment=0).serialize())
                 return b"".join(out)
 
             until = ab.started + ATTACK_SECONDS
             ab.out.flood(chunk, until, stop=lambda: bool(ab.goaways) or ab.is_closed() or a.stopped)
             ab.wait(lambda: ab.error_goaway is not None or ab.is_closed(), until)
-            a.note(f"rapid reset: {(next(ids) - 1) // 2} streams opened and reset; {ab.describe()}")
+            a.note(
+                f"rapid reset ({reset_by}): {(next(ids) - 1) // 2} streams opened and reset; {ab.describe()}"
+            )
             goaway = ab.error_goaway
             a.expect(goaway is not None, "expected GOAWAY ENHANCE_YOUR_CALM, got none")
             if goaway is not None:
@@ -422,25 +435,33 @@ def test_continuation_flood_cve_2024_27316_is_cut_off(gateway: Gateway, attack, 
             ab.close()
 
 
-def test_hpack_bomb_is_refused_without_decoding_it(gateway: Gateway, attack) -> None:
-    """A ~4 KiB entry in the HPACK dynamic table, then header blocks of 1-byte references to it,
-    each block one HEADERS frame no larger than the server's header list limit (so no limit on
-    compressed bytes or frames applies) yet decoding to ~64 MiB of headers. Each must be refused,
-    or the connection closed, once the decoded size is past the limit, not decoded whole."""
-    with attack("grpc", "hpack_bomb") as a:
+@pytest.mark.parametrize("shape", ["big-table-entry", "empty-values-cve-2019-9516"])
+def test_hpack_bomb_is_refused_without_decoding_it(gateway: Gateway, attack, shape: str) -> None:
+    """Header blocks that decode to far more than they weigh, each one HEADERS frame no larger
+    than the server's header list limit (so no limit on compressed bytes or frames applies):
+    a ~4 KiB entry in the HPACK dynamic table, then blocks of 1-byte references to it (~64 MiB
+    decoded each); or blocks of thousands of 1-byte names with empty values, each counted with
+    RFC 7541's 32 bytes of overhead (CVE-2019-9516). Each must be refused, or the connection
+    closed, once the decoded size is past the limit, not decoded whole."""
+    reasons = "hpack_bomb" if shape == "big-table-entry" else ("hpack_bomb", "header_list_too_large")
+    with attack("grpc", reasons) as a:
         ab = H2Abuser(gateway)
         try:
-            table = ab.server_settings.get(SettingCodes.HEADER_TABLE_SIZE, DEFAULT_TABLE_SIZE)
-            value = max(1, min(4000, table - 32 - len(b"x-bomb")))
             pseudo = plain_block(export_headers())
-            # Literal with incremental indexing, new name: becomes dynamic entry 62 (0xbe).
-            insert = b"\x40" + hpack_str(b"x-bomb") + hpack_str(b"b" * value)
-            ab.out.send(headers_frame(1, pseudo + insert, end_stream=True))
             size = min(
                 ab.server_settings.get(SettingCodes.MAX_FRAME_SIZE, DEFAULT_FRAME_SIZE),
                 ab.server_settings.get(SettingCodes.MAX_HEADER_LIST_SIZE, DEFAULT_FRAME_SIZE),
             )
-            bomb = pseudo + b"\xbe" * (size - len(pseudo))
+            if shape == "big-table-entry":
+                table = ab.server_settings.get(SettingCodes.HEADER_TABLE_SIZE, DEFAULT_TABLE_SIZE)
+                value = max(1, min(4000, table - 32 - len(b"x-bomb")))
+                # Literal with incremental indexing, new name: becomes dynamic entry 62 (0xbe).
+                insert = b"\x40" + hpack_str(b"x-bomb") + hpack_str(b"b" * value)
+                ab.out.send(headers_frame(1, pseudo + insert, end_stream=True))
+                field, decoded = b"\xbe", value + len(b"x-bomb") + 32
+            else:
+                field, decoded = literal(b"x", b""), 1 + 32
+            bomb = pseudo + field * ((size - len(pseudo)) // len(field))
             ids = itertools.count(3, 2)
             bombs: list[int] = []
 
@@ -455,8 +476,8 @@ def test_hpack_bomb_is_refused_without_decoding_it(gateway: Gateway, attack) -> 
             )
             all_refused = ab.wait(lambda: all(ab.finished(s) for s in bombs), until + 1.0)
             a.note(
-                f"HPACK bomb: {len(bombs)} blocks of {len(bomb)} bytes "
-                f"(~{len(bombs) * (len(bomb) - len(pseudo)) * (value + 38) / (1 << 30):.1f} GiB decoded); "
+                f"HPACK bomb ({shape}): {len(bombs)} blocks of {len(bomb)} bytes, "
+                f"{(len(bomb) - len(pseudo)) // len(field) * decoded / MiB:.1f} MiB decoded each; "
                 f"{ab.describe()}"
             )
             unanswered = [s for s in bombs if not ab.finished(s)]
@@ -469,17 +490,28 @@ def test_hpack_bomb_is_refused_without_decoding_it(gateway: Gateway, attack) -> 
             ab.close()
 
 
-@pytest.mark.parametrize("kind", ["settings", "ping"])
+@pytest.mark.parametrize("kind", ["settings", "ping", "priority", "window-update-on-a-closed-stream"])
 def test_control_frame_flood_from_a_peer_that_never_reads(gateway: Gateway, attack, kind: str) -> None:
-    """SETTINGS or PING frames, each demanding an ACK, from a peer that never reads one: the
-    ACKs must not pile up in the worker (a bound on unanswered control frames, as Go's 10,000)."""
+    """Frames that do no work, from a peer that never reads: SETTINGS or PING (each demands an
+    ACK that must not pile up in the worker, CVE-2019-9515/-9512), PRIORITY (CVE-2019-9513) or
+    WINDOW_UPDATE on a closed stream. A bound on them (Go's is 10,000 queued control frames)
+    must end the connection, and nothing may grow meanwhile."""
     with attack("grpc", "control_flood") as a:
         ab = H2Abuser(gateway, read=False, rcvbuf=SMALL_BUFFER)
         try:
             if kind == "settings":
                 frame = SettingsFrame(0, settings={SettingCodes.ENABLE_PUSH: 0}).serialize()
-            else:
+            elif kind == "ping":
                 frame = PingFrame(0, opaque_data=b"abusive!").serialize()
+            else:  # on stream 1, closed at once by the client
+                block = ab.encoder.encode(export_headers())
+                ab.out.send(
+                    headers_frame(1, block) + RstStreamFrame(1, error_code=ErrorCodes.CANCEL).serialize()
+                )
+                if kind == "priority":
+                    frame = PriorityFrame(1, depends_on=0, stream_weight=16).serialize()
+                else:
+                    frame = WindowUpdateFrame(1, window_increment=1).serialize()
             chunk = frame * 4096
             until = ab.started + WRITE_TIMEOUT + 3.0
             ab.out.flood(lambda: chunk, until, stop=lambda: ab.is_closed() or a.stopped)
