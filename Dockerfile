@@ -41,9 +41,12 @@ RUN groupadd --system --gid 10001 otlp \
 COPY --from=build /opt/venv /opt/venv
 # Writable paths at run time: /tmp (Prometheus multiprocess dir, temp files), the data dir (file
 # sink) and /dev/shm (rings). Everything else may be mounted read-only.
+# The server listens on 127.0.0.1 by default (a laptop's `make run`); in a container only every
+# interface is reachable through the published ports, so the image sets 0.0.0.0 explicitly.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    OTLP_BIND=0.0.0.0 \
     OTLP_DATA_DIR=/var/lib/otlp-ingest
 USER 10001:10001
 WORKDIR /var/lib/otlp-ingest

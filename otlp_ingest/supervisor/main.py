@@ -44,6 +44,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import os
 import selectors
@@ -278,6 +279,7 @@ class Supervisor:
             if self.settings.endpoint
             else f"file sink {self.settings.data_dir}",
         )
+        log.info("%s", serving_line(self.settings))
         self._publish()
         return None
 
@@ -856,6 +858,25 @@ class Supervisor:
             started=self._started,
             settings=self.settings,
         )
+
+
+def serving_line(settings: Settings) -> str:
+    """The start-up line that says which interfaces the three ports are served on."""
+    bind = settings.bind.strip("[]")
+    try:
+        address = ipaddress.ip_address(bind)
+    except ValueError:  # a host name: loopback only when it is localhost
+        loopback, everywhere = bind.lower() == "localhost", False
+    else:
+        loopback, everywhere = address.is_loopback, address.is_unspecified
+    if everywhere:
+        line = f"serving on all interfaces ({settings.bind})"
+        if settings.auth_tokens_file is None:
+            line += ": any host that reaches these ports can send telemetry (see OTLP_AUTH_TOKENS_FILE)"
+        return line
+    if loopback:
+        return f"serving on {settings.bind} only (loopback): set OTLP_BIND=0.0.0.0 to accept other hosts"
+    return f"serving on {settings.bind} only (one interface): set OTLP_BIND=0.0.0.0 for every interface"
 
 
 def run_supervisor(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:

@@ -55,6 +55,8 @@ def _still_serves(server: ServerProcess) -> None:
 
 def test_second_server_on_the_same_otlp_ports_exits_2_naming_the_holder(server_factory, tmp_path):
     first = server_factory()
+    # The start-up log says which interfaces are served (the tests bind 127.0.0.1).
+    assert "serving on 127.0.0.1 only (loopback): set OTLP_BIND=0.0.0.0" in first.log_path.read_text()
     code, stderr, took = _second(tmp_path, first.grpc_port, first.http_port, free_port())
     assert code == CONFIG_EXIT, stderr[-3000:]
     assert took < 10, took
@@ -122,3 +124,15 @@ def test_ports_stay_reserved_while_no_worker_listens(server_factory):
 
     wait_until(restarted, 30, what="workers restarted and ready")
     _still_serves(first)
+
+
+def test_start_up_line_names_the_interfaces():
+    from otlp_ingest.config import Settings
+    from otlp_ingest.supervisor.main import serving_line
+
+    assert Settings().bind == "127.0.0.1"  # loopback unless told otherwise (collector issue #8510)
+    assert serving_line(Settings()).startswith("serving on 127.0.0.1 only (loopback)")
+    assert serving_line(Settings(bind="localhost")).startswith("serving on localhost only (loopback)")
+    assert serving_line(Settings(bind="0.0.0.0")).startswith("serving on all interfaces (0.0.0.0)")
+    assert serving_line(Settings(bind="::")).startswith("serving on all interfaces (::)")
+    assert serving_line(Settings(bind="10.1.2.3")).startswith("serving on 10.1.2.3 only")
