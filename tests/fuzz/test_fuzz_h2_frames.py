@@ -10,8 +10,9 @@ Properties, whatever the client sends:
   and nothing is asked of the handler about a stream after its `on_closed`;
 - the output is well-formed HTTP/2: whole frames, starting with SETTINGS;
 - after a GOAWAY with an error code nothing more is written (the bytes queued before it go out
-  before it), and after RST_STREAM nothing more is sent on that stream, after our END_STREAM
-  nothing but a RST_STREAM (RFC 9113 5.1, 5.4.2);
+  before it); after our END_STREAM nothing but a RST_STREAM is sent on that stream, and after our
+  RST_STREAM nothing at all -- at least until `REMEMBERED` other streams were closed since (RFC
+  9113 5.1 lets a server limit how long it remembers a reset stream; 5.4.2);
 - the streams the connection tracks stay bounded: open ones by SETTINGS_MAX_CONCURRENT_STREAMS,
   remembered (closed) ones by a small multiple of it.
 
@@ -46,6 +47,9 @@ MAX_CONCURRENT = 8  # small, so bursts of streams go past it
 # Closed streams a connection may remember (to answer late frames by the RFC's state rules),
 # as a multiple of the concurrency limit: generous, but independent of how much a client sends.
 TRACKED_FACTOR = 4
+# ...and at least this many: a stream we reset is remembered (late frames on it ignored, RFC 9113
+# 5.1) until this many other streams were closed after it.
+REMEMBERED = 2 * MAX_CONCURRENT
 
 RESPONSE_HEADERS = encode_literal([(b":status", b"200"), (b"content-type", b"application/grpc")])
 RESPONSE_TRAILERS = encode_literal([(b"grpc-status", b"0")])
@@ -356,7 +360,8 @@ def check_output(out: bytes) -> None:
     frames = parse_output(out)
     assert frames and frames[0][0] == SETTINGS and not frames[0][1] & 1, "the server preface is SETTINGS"
     ended: set[int] = set()  # streams we sent END_STREAM on
-    reset: set[int] = set()  # streams we sent RST_STREAM on
+    closings: list[int] = []  # stream ids, in the order we ended or reset them
+    reset_at: dict[int, int] = {}  # stream id -> its position in `closings` when we reset it
     for i, (kind, flags, sid, payload) in enumerate(frames):
         if kind == GOAWAY and int.from_bytes(payload[4:8], "big") != 0:
             assert i == len(frames) - 1, (
@@ -364,13 +369,25 @@ def check_output(out: bytes) -> None:
             )
         if not sid:
             continue
-        assert sid not in reset, f"a frame of type {kind} on stream {sid} after our RST_STREAM"
+        if sid in reset_at:
+            # RFC 9113 5.1: "An endpoint MUST ignore frames that it receives on closed streams
+            # after it has sent a RST_STREAM frame. An endpoint MAY choose to limit the period
+            # over which it ignores frames": a server with bounded memory may answer a late
+            # frame with a new RST_STREAM once it has closed REMEMBERED streams since -- never
+            # sooner, and never with anything but RST_STREAM.
+            since = len(set(closings[reset_at[sid] :]) - {sid})
+            assert kind == RST_STREAM and since >= REMEMBERED, (
+                f"a frame of type {kind} on stream {sid} after our RST_STREAM "
+                f"({since} other streams closed since)"
+            )
         if sid in ended:
             assert kind == RST_STREAM, f"a frame of type {kind} on stream {sid} after our END_STREAM"
         if kind == RST_STREAM:
-            reset.add(sid)
+            reset_at[sid] = len(closings)
+            closings.append(sid)
         elif kind in (HEADERS, DATA) and flags & END_STREAM:
             ended.add(sid)
+            closings.append(sid)
 
 
 async def run(opening: bytes, frames: list[bytes], cuts: list[int]) -> None:

@@ -436,6 +436,23 @@ def test_5_4_2_rst_stream_is_never_answered_with_rst_stream(peer: Peer) -> None:
     peer.assert_usable()
 
 
+def test_5_4_2_self_dependent_priority_twice_is_one_error(peer: Peer) -> None:
+    """RFC 9113 5.4.2: "A RST_STREAM is the last frame that an endpoint can send on a stream", and
+    5.1: frames received on a stream after sending RST_STREAM on it MUST be ignored -- two
+    self-dependent PRIORITY frames on one stream get one error (RST_STREAM or GOAWAY
+    PROTOCOL_ERROR), never a second RST_STREAM."""
+    start = len(peer.received)
+    priority = raw_frame(PRIORITY, 0, 1, struct.pack(">IB", 1, 255))
+    peer.send(priority, priority)
+    seen = peer.settle()
+    errors = [f for f in seen if not isinstance(f, str) and f.type in (RST_STREAM, 7)]
+    assert errors and all(f.error_code == PROTOCOL_ERROR for f in errors), peer.transcript(start)
+    resets = [f for f in errors if f.type == RST_STREAM]
+    assert len(resets) <= 1, f"a second RST_STREAM on a stream already reset: {peer.transcript(start)}"
+    if resets and not any(f.type == 7 for f in errors):
+        peer.assert_usable()
+
+
 def test_5_4_2_stream_error_leaves_other_streams_alone(peer: Peer) -> None:
     """RFC 9113 5.4.2: a stream error ends one stream: another stream opened before it, still
     waiting for its body, completes normally after the reset."""
