@@ -771,7 +771,9 @@ class H2Connection(asyncio.Protocol):
         stream = self.streams.get(exc.stream_id)
         if stream is not None:
             self._reset(stream, exc.code)
-        else:  # closed already (a RST_STREAM itself never gets here: no RST answers a RST)
+        elif self.closed_streams.get(exc.stream_id) is not Closed.RESET_BY_US:
+            # Closed already, not by our reset (frames after that are ignored, 5.1); a RST_STREAM
+            # itself never gets here: no RST answers a RST.
             self._refuse_new(exc.stream_id, exc.code)
         try:
             self._spend_reset()
