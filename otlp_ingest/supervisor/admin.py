@@ -26,7 +26,8 @@ client may grow it. Every bound, and the `reason` it is counted under in
 - request head (and body) arrival: `OTLP_ADMIN_HEADER_TIMEOUT` (10s) from the connection's start
   or the end of the previous answer, then close: `header_timeout` / `body_timeout`.
 - request head size: `MAX_HEAD_BYTES` (16 KiB, also h11's incomplete-event limit), then 431 and
-  close: `header_too_large`. A malformed request: 400 and close (h11's parser): `bad_request`.
+  close: `header_too_large`; requests pipelined behind one being answered, the same bound (abort).
+  A malformed request: 400 and close (h11's parser): `bad_request`.
 - an answer the client does not take: `SEND_TIMEOUT` (30s) from the request to the answer's last
   byte, then abort: `send_timeout`.
 - an idle keep-alive connection: closed after `KEEP_ALIVE` (5s); normal, not counted.
@@ -219,6 +220,12 @@ def _protocol_class(guard: _Guard) -> type:
                     self._enter("closed")
                     self._send_431()
                     return
+            elif self._phase == "answer" and len(self.conn.trailing_data[0]) + len(data) > MAX_HEAD_BYTES:
+                # Requests pipelined behind one being answered wait in h11's buffer: the same bound.
+                guard.count("header_too_large")
+                self._enter("closed")
+                self.transport.abort()
+                return
             super().data_received(data)
             self._follow()
 
