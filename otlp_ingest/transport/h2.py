@@ -145,9 +145,9 @@ _GOAWAY_PING = b"goaway\x00\x01"
 # a rate, in bytes. Legitimate cases are small: frames in flight when we reset a stream, or the
 # rest of a message answered RESOURCE_EXHAUSTED.
 DISCARD_BURST = 2 << 20
+DISCARD_RATE = 1 << 20
 # What a closing connection reads and drops before it gives up waiting for the peer to close.
 LINGER_MAX_BYTES = 1 << 20
-DISCARD_RATE = 1 << 20
 _SETTING = struct.Struct(">HI")
 _HEADERS_TOO_LARGE = encode_literal([(b":status", b"431")])
 
