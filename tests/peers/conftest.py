@@ -311,7 +311,7 @@ def _wait_listening(proc: subprocess.Popen[bytes], port: int, what: str, log: Ca
     raise AssertionError(f"{what} not listening on {port} after 15 s:\n{log()}")
 
 
-class _Proxy:
+class Proxy:
     """A proxy binary run in the foreground on an ephemeral port, config and logs in `workdir`."""
 
     name = ""
@@ -361,7 +361,7 @@ class _Proxy:
                 )
         return "\n".join(parts)
 
-    def __enter__(self) -> _Proxy:
+    def __enter__(self) -> Proxy:
         binary = self.require()
         for _attempt in range(3):
             self.port = free_port()
@@ -390,7 +390,7 @@ class _Proxy:
                 self.proc.wait()
 
 
-class Nginx(_Proxy):
+class Nginx(Proxy):
     """nginx as ingress-nginx runs it for a gRPC backend: an HTTP/2 listener, `grpc_pass` to an
     upstream with a pool of kept-alive connections (its defaults: keepalive 320, 10000 requests a
     connection, 60 s idle, 1 h at most)."""
@@ -470,7 +470,7 @@ http {{
         ]
 
 
-class Haproxy(_Proxy):
+class Haproxy(Proxy):
     """HAProxy terminating HTTP/2 (h2c) and speaking HTTP/2 to the server, connections reused
     across requests (`http-reuse safe`, its default); every request logged to its output."""
 
@@ -779,7 +779,7 @@ def mixed_load(
     )
 
 
-def assert_exactly_once_and_all_ok(load: LoadResult, scenario: str, proxy: _Proxy | None = None) -> None:
+def assert_exactly_once_and_all_ok(load: LoadResult, scenario: str, proxy: Proxy | None = None) -> None:
     """Every call answered OK (no client saw an error, the SDK retried nothing) and every span at
     the backend exactly once; the load must have been real and the ageing must have happened."""
     print(f"\n{load.summary(scenario)}", flush=True)

@@ -493,6 +493,19 @@ def wait_closed(socks: list[socket.socket], deadline: float, interval: float = 0
         time.sleep(interval)  # polling with a deadline
 
 
+def expect_all_closed(
+    a: Attack, socks: list[socket.socket], expected: int, deadline: float, what: str, connected: float
+) -> None:
+    """Every one of `expected` sockets closed by the server by `deadline` (monotonic), noted."""
+    closed = wait_closed(socks, deadline)
+    a.note(f"{what}: connected by {connected:.2f}s, {closed} closed by {a.elapsed():.2f}s")
+    a.expect(
+        closed == len(socks) == expected,
+        f"{len(socks) - closed} of {len(socks)} connections still open "
+        f"{READ_TIMEOUT + 2.5:.1f}s after the last was opened",
+    )
+
+
 def close_all(socks: list[socket.socket]) -> None:
     for sock in socks:
         with contextlib.suppress(OSError):

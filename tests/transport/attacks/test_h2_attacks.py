@@ -56,10 +56,11 @@ from tests.transport.attacks.conftest import (
     close_all,
     closed_by_server,
     dropped,
+    expect_all_closed,
     raw_socket,
     tcp_state,
-    wait_closed,
 )
+from tests.transport.h2peer import error_name, grpc_message, hpack_int, literal
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_WINDOW = 2**31 - 1
@@ -77,37 +78,8 @@ SMALL_BUFFER = 64 * KiB  # the socket buffers of an abuser that must bite at onc
 UNREAD_MAX = 40 * MiB
 
 
-def error_name(code: int) -> str:
-    try:
-        return ErrorCodes(code).name
-    except ValueError:
-        return hex(code)
-
-
-# --------------------------------------------------------------------------------- HPACK by hand
-
-
-def hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
-    """An HPACK integer (RFC 7541 5.1) with `first`'s high bits as the representation flags."""
-    top = (1 << prefix_bits) - 1
-    if value < top:
-        return bytes((first | value,))
-    out = bytearray((first | top,))
-    value -= top
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def hpack_str(data: bytes) -> bytes:
     return hpack_int(len(data), 7) + data  # not Huffman-coded
-
-
-def literal(name: bytes, value: bytes) -> bytes:
-    """A literal field never indexed, new name: the dynamic table is not touched."""
-    return b"\x10" + hpack_str(name) + hpack_str(value)
 
 
 def export_headers(path: str = TRACE_METHOD) -> list[tuple[str, str]]:
@@ -124,10 +96,6 @@ def export_headers(path: str = TRACE_METHOD) -> list[tuple[str, str]]:
 def plain_block(headers: list[tuple[str, str]]) -> bytes:
     """A header block of literals only (for connections whose dynamic table the test manages)."""
     return b"".join(literal(n.encode(), v.encode()) for n, v in headers)
-
-
-def grpc_message(payload: bytes) -> bytes:
-    return b"\x00" + len(payload).to_bytes(4, "big") + payload
 
 
 def headers_frame(stream_id: int, block: bytes, end_stream: bool = False, end_headers: bool = True) -> bytes:
@@ -819,15 +787,13 @@ def test_two_thousand_unfinished_header_blocks_are_closed_after_the_read_timeout
                 socks.append(sock)
                 sock.sendall(hello)
             connected = a.elapsed()
-            closed = wait_closed(socks, time.monotonic() + READ_TIMEOUT + 2.5)
-            a.note(
-                f"2,000 unfinished header blocks: connected by {connected:.2f}s, "
-                f"{closed} closed by {a.elapsed():.2f}s"
-            )
-            a.expect(
-                closed == len(socks) == 2000,
-                f"{len(socks) - closed} of {len(socks)} connections still open "
-                f"{READ_TIMEOUT + 2.5:.1f}s after the last was opened",
+            expect_all_closed(
+                a,
+                socks,
+                2000,
+                time.monotonic() + READ_TIMEOUT + 2.5,
+                "2,000 unfinished header blocks",
+                connected,
             )
         finally:
             close_all(socks)
@@ -849,15 +815,13 @@ def test_a_thousand_connections_without_a_preface_are_closed_after_the_read_time
                 if i % 2:
                     sock.sendall(PREFACE[:10])
             connected = a.elapsed()
-            closed = wait_closed(socks, time.monotonic() + READ_TIMEOUT + 2.5)
-            a.note(
-                f"1,000 connections without a preface: connected by {connected:.2f}s, "
-                f"{closed} closed by {a.elapsed():.2f}s"
-            )
-            a.expect(
-                closed == len(socks) == 1000,
-                f"{len(socks) - closed} of {len(socks)} connections still open "
-                f"{READ_TIMEOUT + 2.5:.1f}s after the last was opened",
+            expect_all_closed(
+                a,
+                socks,
+                1000,
+                time.monotonic() + READ_TIMEOUT + 2.5,
+                "1,000 connections without a preface",
+                connected,
             )
         finally:
             close_all(socks)

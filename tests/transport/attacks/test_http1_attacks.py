@@ -29,8 +29,8 @@ from tests.transport.attacks.conftest import (
     close_all,
     closed_by_server,
     dropped,
+    expect_all_closed,
     raw_socket,
-    wait_closed,
 )
 
 HEADER_LIMIT = 64 * KiB  # the request line and headers of one request (docs/hostile-input.md)
@@ -237,25 +237,14 @@ def test_two_thousand_slow_loris_connections_are_closed_after_the_read_timeout(
                 socks.append(sock)
             connected = a.elapsed()
             until = time.monotonic() + READ_TIMEOUT + 2.5
-            closed = 0
             while time.monotonic() < until:
                 open_socks = [s for s in socks if not closed_by_server(s)]
-                closed = len(socks) - len(open_socks)
                 if not open_socks:
                     break
                 for sock in open_socks:  # one more byte each: the dribble
                     with contextlib.suppress(OSError):
                         sock.send(b"s")
                 time.sleep(0.5)  # the slow-loris pace
-            closed = wait_closed(socks, time.monotonic())
-            a.note(
-                f"2,000 slow-loris connections: connected by {connected:.2f}s, "
-                f"{closed} closed by {a.elapsed():.2f}s"
-            )
-            a.expect(
-                closed == len(socks) == 2000,
-                f"{len(socks) - closed} of {len(socks)} connections still open "
-                f"{READ_TIMEOUT + 2.5:.1f}s after the last was opened",
-            )
+            expect_all_closed(a, socks, 2000, time.monotonic(), "2,000 slow-loris connections", connected)
         finally:
             close_all(socks)
