@@ -22,10 +22,13 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml setup.py README.md ./
 COPY otlp_ingest ./otlp_ingest
 # Wheels for the binary dependencies (grpcio, protobuf upb, uvloop, msgspec). pip byte-compiles
-# the venv here, so nothing needs to write .pyc at run time.
+# the venv here, so nothing needs to write .pyc at run time. The checks run isolated (-I): in
+# /src the source tree, which has no compiled extensions, would shadow the installed package
+# (issue 19: the build failed for every user with ModuleNotFoundError), and the build must fail
+# loudly if an extension was not built.
 RUN /opt/venv/bin/pip install --no-cache-dir . \
-    && /opt/venv/bin/python -c "import otlp_ingest, grpc, google.protobuf, uvloop, msgspec" \
-    && /opt/venv/bin/python -c "import otlp_ingest.otlp._wirecheck, otlp_ingest.receiver._http1scan, \
+    && /opt/venv/bin/python -I -c "import otlp_ingest, grpc, google.protobuf, uvloop, msgspec" \
+    && /opt/venv/bin/python -I -c "import otlp_ingest.otlp._wirecheck, otlp_ingest.receiver._http1scan, \
 otlp_ingest.ring._records"
 
 # --- runtime ---------------------------------------------------------------------------------

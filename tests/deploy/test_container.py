@@ -48,6 +48,10 @@ def test_dockerfile_facts() -> None:
     assert any("setup.py" in rest.split() for rest in copies)
     for source in re.findall(r'"(otlp_ingest/\S+)\.c"', (ROOT / "setup.py").read_text()):
         assert source.replace("/", ".") in DOCKERFILE.read_text()
+    # ...from the installed package: run in /src without -I, the source tree (no .so) shadows it
+    # and the check fails for every build (issue 19).
+    checks = re.findall(r"/opt/venv/bin/python (-\S+ )*-c", DOCKERFILE.read_text())
+    assert checks and all("-I " in flags for flags in checks), "import checks must run isolated (-I)"
 
 
 def test_dockerignore_keeps_context_small() -> None:
