@@ -22,8 +22,8 @@ from otlp_ingest.receiver.dispatch import ExportRunner, Receiving
 from otlp_ingest.receiver.export import ExportService
 from otlp_ingest.receiver.grpc_service import GrpcReceiver
 from otlp_ingest.receiver.http_app import OtlpHttpApp
-from otlp_ingest.receiver.inflight import BodyBudget
 from otlp_ingest.ring import RingReader, RingWriter, create_ring, ring_name, unlink_ring
+from otlp_ingest.transport.defences import BodyBudget
 from otlp_ingest.transport.frames import (
     DATA,
     END_HEADERS,

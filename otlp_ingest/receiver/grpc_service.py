@@ -39,11 +39,11 @@ from otlp_ingest import errors
 from otlp_ingest.otlp.signals import SIGNALS, Signal
 from otlp_ingest.receiver.dispatch import Done, Receiving, should_offload
 from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ExportResult
-from otlp_ingest.receiver.inflight import BodyBudget
 from otlp_ingest.receiver.limits import decompress
 from otlp_ingest.receiver.rpc_status import DETAILS_TRAILER, client_message, status_bytes
 from otlp_ingest.status import GrpcCode, retry_after_seconds, status_for
 from otlp_ingest.telemetry.logging import RateLimitedLogger
+from otlp_ingest.transport.defences import BodyBudget
 from otlp_ingest.transport.h2 import H2Connection
 from otlp_ingest.transport.hpack import encode_literal
 from otlp_ingest.transport.streams import Stream

@@ -21,7 +21,7 @@ An unexpected exception is logged and answered 503, never a bare 500.
 
 Overload (docs/architecture.md, Memory): while the memory limiter refuses, a request is answered
 503 + Retry-After before its body is read (and the connection closed: the client resends anyway).
-Bodies held at once are bounded by a per-worker byte budget (`inflight.BodyBudget`, charged with
+Bodies held at once are bounded by a per-worker byte budget (`transport.defences.BodyBudget`, charged with
 the raw bytes as they arrive, then twice the decompressed size); a request that does not fit gets
 503 + Retry-After and a close. Big bodies are decompressed and decoded off the event loop
 (`dispatch.ExportRunner`).
@@ -42,11 +42,12 @@ from otlp_ingest.otlp.signals import SIGNAL_BY_PATH, SIGNALS, Signal
 from otlp_ingest.receiver.dispatch import Done, Receiving, should_offload
 from otlp_ingest.receiver.export import MEMORY_RETRY_AFTER, ContentFormat, ExportResult
 from otlp_ingest.receiver.http1_fast import fast_path_for
-from otlp_ingest.receiver.inflight import BODY_FACTOR, BodyBudget, http_body_slots, memory_limits
+from otlp_ingest.receiver.inflight import BODY_FACTOR, http_body_slots, memory_limits
 from otlp_ingest.receiver.limits import decompress, normalize_encoding
 from otlp_ingest.receiver.rpc_status import client_message, status_bytes, status_json
 from otlp_ingest.status import retry_after_seconds, status_for
 from otlp_ingest.telemetry.logging import RateLimitedLogger
+from otlp_ingest.transport.defences import BodyBudget
 from otlp_ingest.transport.http1 import FastPath, Response, response
 
 log = logging.getLogger(__name__)

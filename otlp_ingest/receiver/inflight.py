@@ -4,10 +4,11 @@ The memory limiter (`telemetry/memory.py`) refuses new requests once the tree is
 limit, but it samples every 0.2 s and cannot stop bodies already being read or decoded. These
 bounds make the in-flight part finite and small enough to fit the soft limit:
 
-- gRPC: at most `grpc_in_flight_limit()` Export calls admitted at once (`grpc_service.GrpcReceiver`);
-  each holds at most `grpc_max_recv_bytes` x ~3 (message, decoded request, re-serialized subset).
-- HTTP: a byte budget (`BodyBudget`) charged with the bytes a request actually holds: the raw
-  body as it is read (so a slow client holds only what it sent), then 2 x the decompressed size
+- gRPC: a byte budget (`grpc_admission_bytes`: `grpc_in_flight_limit()` worst-case messages)
+  charged by the HTTP/2 connections with each message's bytes as they arrive; each connection's
+  receive window is its fair share (`grpc_connection_window`).
+- HTTP: a byte budget (`transport.defences.BodyBudget`) charged with the bytes a request actually
+  holds: the raw body as it is read (so a slow client holds only what it sent), then 2 x the decompressed size
   (decompressed bytes + decoded request). Sized as N worst-case bodies of `http_max_body_bytes`
   x 3, N = `http_body_slots()`.
 
@@ -17,8 +18,6 @@ that fit half of the soft limit each (the other half is the transport next door)
 """
 
 from __future__ import annotations
-
-import threading
 
 from otlp_ingest.config import Settings
 from otlp_ingest.telemetry.memory import MemoryLimits, resolve_limits
@@ -68,27 +67,3 @@ def grpc_connection_window(budget_bytes: int, max_message: int) -> int:
     of the budget (so no single connection can lock the others out), at most 16 MiB, and never
     less than one whole message with room to spare."""
     return max(min(16 << 20, budget_bytes // 4), max_message + 5 + (64 << 10))
-
-
-class BodyBudget:
-    """A byte budget for request bodies held by one worker; `try_charge` is all or nothing.
-
-    Used from the event loop and the offload threads, hence the lock (uncontended: ~100 ns)."""
-
-    __slots__ = ("_lock", "capacity", "used")
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.used = 0
-        self._lock = threading.Lock()
-
-    def try_charge(self, n: int) -> bool:
-        with self._lock:
-            if self.used + n > self.capacity:
-                return False
-            self.used += n
-            return True
-
-    def release(self, n: int) -> None:
-        with self._lock:
-            self.used -= n

@@ -58,7 +58,6 @@ from otlp_ingest.receiver.export import ExportService
 from otlp_ingest.receiver.grpc_service import GrpcReceiver
 from otlp_ingest.receiver.http_app import OtlpHttpApp
 from otlp_ingest.receiver.inflight import (
-    BodyBudget,
     grpc_admission_bytes,
     grpc_connection_window,
     memory_limits,
@@ -66,7 +65,7 @@ from otlp_ingest.receiver.inflight import (
 from otlp_ingest.receiver.tls import GRPC_ALPN, HTTP_ALPN, server_ssl_context, tls_mode
 from otlp_ingest.telemetry import metrics
 from otlp_ingest.telemetry.memory import MemoryGate
-from otlp_ingest.transport.defences import Defences
+from otlp_ingest.transport.defences import BodyBudget, Defences
 from otlp_ingest.transport.h2 import H2Config, H2Connection
 from otlp_ingest.transport.http1 import HttpConfig, HttpConnection
 

@@ -34,8 +34,9 @@ client may grow it. Every bound, and the `reason` it is counted under in
 - requests in progress: uvicorn's `limit_concurrency` at twice the connection cap, a backstop the
   cap keeps out of reach (503 if ever reached): `concurrency_limit`.
 
-Defences are logged at most once per `LOG_EVERY` seconds per reason, with the count since the last
-line; uvicorn's own per-request warnings are silenced (a client could otherwise fill the log).
+Defences are logged at most once per `LOG_EVERY` seconds per reason (`RateLimitedLogger`, with the
+number suppressed since); uvicorn's own per-request warnings are silenced (a client could
+otherwise fill the log).
 
 /metrics and /status.json are built on a pool of `RENDER_THREADS` threads, so a slow scrape does
 not hold the loop (and /health) up; everything else answers on the loop.
@@ -51,7 +52,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
@@ -62,6 +62,7 @@ from prometheus_client.values import MultiProcessValue
 
 from otlp_ingest import __version__
 from otlp_ingest.telemetry.collect import TreeSnapshot, render_metrics
+from otlp_ingest.telemetry.logging import RateLimitedLogger
 from otlp_ingest.telemetry.metrics import TRANSPORT_DEFENCES
 
 log = logging.getLogger(__name__)
@@ -341,7 +342,7 @@ class AdminServer:
             RENDER_THREADS, thread_name_prefix="admin-render"
         )
         self._server: Any = None
-        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (last log line, count since)
+        self._log = RateLimitedLogger(log, LOG_EVERY)  # one line per reason per LOG_EVERY
         self._thread = threading.Thread(target=self._run, name="admin", daemon=True)
 
     @property
@@ -409,16 +410,10 @@ class AdminServer:
             self.defences.inc(reason)
         except Exception as exc:  # a full /tmp must not break the defence itself
             log.debug("cannot count admin defence %s: %s", reason, exc)
-        last, pending = self._logged.get(reason, (0.0, 0))
-        now = time.monotonic()
-        if now - last < LOG_EVERY:
-            self._logged[reason] = (last, pending + 1)
-            return
-        self._logged[reason] = (now, 0)
-        log.warning(
-            "admin port: %d connection(s) closed or refused for %s since the last such line "
+        self._log.warning(
+            reason,
+            "admin port: a connection closed or refused for %s "
             '(otlp_transport_defences_total{transport="admin"}, docs/hostile-input.md)',
-            pending + 1,
             reason,
         )
 

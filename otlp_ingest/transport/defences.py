@@ -1,17 +1,21 @@
-"""Counting the protocol servers' defences, and the token buckets some of them use.
+"""Counting the protocol servers' defences, the token buckets some of them use, and the byte
+budget that admits request bodies.
 
 Every time a connection or a stream is refused, reset or closed to protect the worker, the
 protocol code calls `Defences.hit(reason, message)`: the count goes up (the worker turns the
 counts into `otlp_transport_defences_total{transport, reason}` in its sweep, so this package
-imports no metrics library) and the message is logged, at most once per `LOG_INTERVAL` per reason
-with the number of hits since the last line: a flood of bad connections must not flood the log.
+imports no metrics library) and the message is logged through the project's `RateLimitedLogger`,
+at most once per LOG_INTERVAL per reason with the number suppressed since: a flood of bad
+connections must not flood the log.
 The reasons, their limits and the settings that move them are listed in docs/hostile-input.md.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import threading
+
+from otlp_ingest.telemetry.logging import RateLimitedLogger
 
 log = logging.getLogger("otlp_ingest.transport")
 
@@ -21,25 +25,16 @@ LOG_INTERVAL = 10.0
 class Defences:
     """Per-reason counts of one transport of one worker (single-threaded: the event loop)."""
 
-    __slots__ = ("_logged", "_suppressed", "counts", "transport")
+    __slots__ = ("_log", "counts", "transport")
 
     def __init__(self, transport: str) -> None:
         self.transport = transport
         self.counts: dict[str, int] = {}
-        self._logged: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._log = RateLimitedLogger(log, LOG_INTERVAL)
 
     def hit(self, reason: str, message: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
-        now = time.monotonic()
-        last = self._logged.get(reason)
-        if last is not None and now - last < LOG_INTERVAL:
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-            return
-        self._logged[reason] = now
-        more = self._suppressed.pop(reason, 0)
-        suffix = f" ({more} more since the last report)" if more else ""
-        log.warning("%s defence %s: %s%s", self.transport, reason, message, suffix)
+        self._log.warning(reason, "%s defence %s: %s", self.transport, reason, message)
 
     def take(self) -> dict[str, int]:
         """The counts since the last call (for the metrics flush)."""
@@ -72,3 +67,27 @@ class TokenBucket:
 
     def refund(self, amount: float = 1.0) -> None:
         self._tokens = min(self.burst, self._tokens + amount)
+
+
+class BodyBudget:
+    """A byte budget for request bodies held by one worker; `try_charge` is all or nothing.
+
+    Used from the event loop and the offload threads, hence the lock (uncontended: ~100 ns)."""
+
+    __slots__ = ("_lock", "capacity", "used")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def try_charge(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.capacity:
+                return False
+            self.used += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.used -= n

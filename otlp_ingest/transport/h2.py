@@ -80,7 +80,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from otlp_ingest.transport.defences import Defences, TokenBucket
+from otlp_ingest.transport.defences import BodyBudget, Defences, TokenBucket
 from otlp_ingest.transport.frames import (
     ACK,
     CANCEL,
@@ -150,14 +150,6 @@ DISCARD_RATE = 1 << 20
 LINGER_MAX_BYTES = 1 << 20
 _SETTING = struct.Struct(">HI")
 _HEADERS_TOO_LARGE = encode_literal([(b":status", b"431")])
-
-
-class BodyBudget(Protocol):
-    """The worker's admission budget in bytes (receiver/inflight.py `BodyBudget`)."""
-
-    def try_charge(self, n: int) -> bool: ...
-
-    def release(self, n: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -609,7 +601,6 @@ class H2Connection(asyncio.Protocol):
         if stream.responded:  # answered already: drop the rest of the body (bounded by the
             self._release(n)  # discard bucket in bytes and by read_timeout in time)
             self._discard(n)
-            stream.discarded += n
         elif stream.received > stream.max_body:
             self._release(n)
             stream.chunks = []

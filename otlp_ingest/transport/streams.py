@@ -137,11 +137,9 @@ class Stream:
     and the bytes it holds of the worker's admission budget."""
 
     __slots__ = (
-        "admitted",
         "chunks",
         "content_length",
         "context",
-        "discarded",
         "handled",
         "headers",
         "held",
@@ -168,7 +166,6 @@ class Stream:
         self.content_length = -1  # the request's content-length, -1: none
         self.max_body = 0  # set by the handler; more than this -> on_too_large
         self.held = 0  # body bytes charged to the admission budget, not yet released
-        self.discarded = 0  # body bytes dropped after our answer (the client still sending)
         self.unacked = 0  # bytes consumed since our last stream WINDOW_UPDATE
         self.recv_window = recv_window  # what the client may still send before our WINDOW_UPDATE
         self.send_window = send_window
@@ -176,7 +173,6 @@ class Stream:
         self.stalled_since = 0.0  # when our answer started waiting for the client's window
         self.responded = False  # our answer is queued or sent (END_STREAM maybe still waiting)
         self.handled = False  # the handler saw it (on_request): on_closed is owed
-        self.admitted = False  # the handler's accounting flag
         self.context: object = None  # the handler's per-stream state
 
     @property

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import zlib
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from otlp_ingest.errors import InvalidArgument, PayloadTooLarge
@@ -26,16 +25,10 @@ from otlp_ingest.otlp.json_codec import MAX_DEPTH, decode_json, encode_json, enc
 from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.otlp.validate import count_items, validate_message, validate_protobuf
 from otlp_ingest.receiver.limits import decompress
+from tests.fuzz import FUZZ
 from tests.golden import samples
 from tests.support.protowire import ld
 
-EXAMPLES = int(os.environ.get("OTLP_FUZZ_EXAMPLES", "60"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,  # a noisy 2-core machine must not turn slowness into failures
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=EXAMPLES <= 100,  # the quick run in the normal suite is reproducible
-)
 SIGNALS = st.sampled_from(list(Signal))
 SEEDS = {s: [samples.build(s, n).SerializeToString() for n in (1, 3)] for s in Signal}
 JSON_SEEDS = {s: [encode_json(s, samples.build(s, n)) for n in (1, 2)] for s in Signal}

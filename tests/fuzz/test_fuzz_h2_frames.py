@@ -22,22 +22,14 @@ Runs in the normal suite with a few examples; `make fuzz` sets `OTLP_FUZZ_EXAMPL
 from __future__ import annotations
 
 import asyncio
-import os
 import struct
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from otlp_ingest.transport.h2 import H2Config, H2Connection
 from otlp_ingest.transport.hpack import encode_literal
-
-EXAMPLES = int(os.environ.get("OTLP_FUZZ_EXAMPLES", "60"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,  # a noisy 2-core machine must not turn slowness into failures
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=EXAMPLES <= 100,  # the quick run in the normal suite is reproducible
-)
+from tests.fuzz import FUZZ
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)

@@ -442,19 +442,7 @@ http {{
 
     def check(self, binary: str, config_path: Path) -> None:
         result = subprocess.run(
-            [
-                binary,
-                "-t",
-                "-p",
-                str(self.workdir),
-                "-c",
-                str(config_path),
-                "-e",
-                str(self.workdir / "error.log"),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
+            [*self.command(binary, config_path), "-t"], capture_output=True, text=True, check=False
         )
         assert result.returncode == 0, f"nginx rejects its config:\n{result.stderr}"
 
