@@ -588,6 +588,27 @@ def test_http_huge_header_is_refused_431(gw: Gateway) -> None:
     assert status_of(received) == 431, received[:200]
 
 
+def test_http_body_after_a_refusal_is_read_for_at_most_a_mib(gw: Gateway) -> None:
+    """A refused request closes its connection after a half-close and a linger that reads and
+    drops what still comes (so the answer is not destroyed by a TCP reset), for at most 2 s and
+    1 MiB: a client that goes on sending gets a reset instead of gigabytes being read."""
+    head = (
+        f"POST {TRACES} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+        f"Content-Length: {100 * LIMIT}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", gw.server.http_port), timeout=5) as sock:
+        sock.sendall(head)
+        answer = sock.recv(65536)
+        assert status_of(answer) == 413, answer[:200]
+        began, sent = time.monotonic(), 0
+        with pytest.raises(OSError):  # ECONNRESET / EPIPE once the linger gives up
+            while sent < 256 * MiB:
+                sock.sendall(bytes(256 * KiB))
+                sent += 256 * KiB
+        assert sent < 64 * MiB, f"{sent // MiB} MiB taken before the reset"
+        assert time.monotonic() - began < 2.5
+
+
 def test_http_headers_of_60_kib_are_accepted(gw: Gateway) -> None:
     status, _, body = post(
         gw.server, TRACES, VALID_PB, headers={"Authorization": "Bearer " + "t" * (60 * KiB)}

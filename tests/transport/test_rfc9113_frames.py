@@ -552,3 +552,21 @@ def test_6_10_continuation_on_another_stream_is_protocol_error(peer: Peer) -> No
         barrier=True,
     )
     peer.expect_connection_error(PROTOCOL_ERROR)
+
+
+def test_6_9_1_data_beyond_the_connection_window_is_flow_control_error(peer: Peer) -> None:
+    """RFC 9113 6.9.1: "A receiver MAY respond with a stream error or connection error of type
+    FLOW_CONTROL_ERROR if it is unable to accept a frame" beyond the window it advertised. Our
+    connection window (16 MiB, the connection's share of the admission budget) is credited back
+    only when bytes are released: unfinished messages keep it spent, so the 17th MiB is an error."""
+    chunk = 16 * 1024
+    per_stream = (4 << 20) - chunk  # each message stays under the 4 MiB limit and never ends
+    sent = 0
+    while sent <= (16 << 20) + chunk:
+        sid = peer.next_stream_id()
+        first = b"\x00" + (4 << 20).to_bytes(4, "big") + bytes(chunk - 5)
+        peer.send(peer.headers(sid), peer.data(sid, first))
+        for _ in range(per_stream // chunk - 1):
+            peer.send(peer.data(sid, bytes(chunk)))
+        sent += per_stream
+    peer.expect_connection_error(FLOW_CONTROL_ERROR, timeout=5.0)

@@ -310,3 +310,17 @@ def test_8_1_request_exchange_on_many_streams(peer: Peer) -> None:
     for _ in range(5):
         result = peer.grpc_call()
         assert result.status == 200 and result.grpc_status == 0, peer.transcript()
+
+
+def test_8_2_header_list_over_the_advertised_size_gets_431_and_the_connection_goes_on(peer: Peer) -> None:
+    """RFC 9113 10.5.1: "A server that receives a larger header section than it is willing to
+    handle can send an HTTP 431 (Request Header Fields Too Large) status code". Our
+    SETTINGS_MAX_HEADER_LIST_SIZE is 16 KiB; ten references to one 2 KiB table entry decode to
+    ~20 KiB from a small block. The block is still decoded (the HPACK tables stay in step), so
+    the connection keeps serving."""
+    big = ("x-big", "v" * 2000)
+    ok = send_request(peer, peer.encode([*peer.request_headers(), big]))  # adds the entry
+    assert peer.response(ok).grpc_status == 0
+    sid = send_request(peer, peer.encode([*peer.request_headers(), *[big] * 10]))
+    assert peer.response(sid).status == 431
+    peer.assert_usable()
