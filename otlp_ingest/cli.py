@@ -54,11 +54,14 @@ def _check_config(argv: Sequence[str]) -> int:
         settings, sources = load_settings_with_sources(flag_overrides(args), os.environ, args.config)
     except ConfigError as exc:
         return _report_config_error(exc)
-    width = max(len(f) for f in Settings.__struct_fields__)
-    for field in Settings.__struct_fields__:
+    width = max(len(f) for f in ENV_NAMES)
+    for field in ENV_NAMES:
         value = getattr(settings, field)
         print(f"{field:<{width}}  {value!r:<24}  ({sources[field]}; env {ENV_NAMES[field]})")
     print(f"{'(resolved workers)':<{width}}  {settings.resolved_workers()!r}")
+    for signal, names in settings.pipelines.items():
+        chain = " -> ".join(names) if names else "(none)"
+        print(f"{'pipelines.' + signal:<{width}}  {chain}  ({sources['pipelines']})")
     return ExitCode.OK
 
 

@@ -16,7 +16,7 @@ import os
 import re
 import ssl
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -148,6 +148,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "./otlp-data"
     file_rotate_bytes: int = 100 * MiB
 
+    # Processing (config file only: `processors` and `pipelines` sections, otlp_ingest.processing).
+    # Kept as written and checked at load; each exporter builds its own processors from them.
+    processors: dict[str, Any] = {}
+    pipelines: dict[str, Any] = {}
+
     def resolved_workers(self) -> int:
         return self.workers if self.workers > 0 else usable_cpus()
 
@@ -203,6 +208,9 @@ ENV_NAMES: dict[str, str] = {
     "file_rotate_bytes": "OTLP_FILE_ROTATE_BYTES",
 }
 
+
+# Settings only a config file can give (nested sections, no env or flag form).
+FILE_ONLY_FIELDS = ("processors", "pipelines")
 
 # --- Loading: defaults < file < environment < flags -------------------------------------------------
 
@@ -522,7 +530,7 @@ def add_settings_flags(parser: object) -> None:
     Values stay strings (default None = not given) so `load_settings` parses and reports them
     exactly like environment values.
     """
-    for field in Settings.__struct_fields__:
+    for field in ENV_NAMES:
         parser.add_argument(  # type: ignore[attr-defined]
             flag_name(field),
             dest=field,
@@ -535,9 +543,7 @@ def add_settings_flags(parser: object) -> None:
 def flag_overrides(namespace: object) -> dict[str, str]:
     """The settings flags actually given on an argparse namespace."""
     return {
-        field: getattr(namespace, field)
-        for field in Settings.__struct_fields__
-        if getattr(namespace, field, None) is not None
+        field: getattr(namespace, field) for field in ENV_NAMES if getattr(namespace, field, None) is not None
     }
 
 
@@ -599,6 +605,10 @@ def load_settings_with_sources(
     if config_file:
         for key, raw in _read_config_file(config_file).items():
             field = str(key).replace("-", "_")
+            if field in FILE_ONLY_FIELDS:
+                values[field] = {} if raw is None else raw
+                sources[field] = f"{config_file}:{key}"
+                continue
             if field not in ENV_NAMES:
                 problems.append(f"{config_file}:{key}: unknown setting (expected a Settings field name)")
                 continue
@@ -616,6 +626,13 @@ def load_settings_with_sources(
 
     if not problems:
         problems.extend(_cross_checks(values, raws, sources))
+    if not problems and (values.get("processors") or values.get("pipelines")):
+        from otlp_ingest.processing import ProcessingConfigError, build_pipelines
+
+        try:  # builds every processor: compiles patterns, imports python functions
+            build_pipelines(values.get("processors", {}), values.get("pipelines", {}), f"{config_file}:")  # type: ignore[arg-type]
+        except ProcessingConfigError as exc:
+            problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
     # Every value is already parsed; msgspec assembles the struct and checks the types once more.

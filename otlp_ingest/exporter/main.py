@@ -60,6 +60,7 @@ from otlp_ingest.exporter.sender import Sender, SendError, SendResult
 from otlp_ingest.exporter.split import REASONS, SendReport, send_batch
 from otlp_ingest.exporter.state import ExporterState
 from otlp_ingest.otlp.signals import SIGNALS, Signal
+from otlp_ingest.processing import Pipeline, build_pipelines
 from otlp_ingest.queue import QueueSpec, open_reader, parse_queue, queue_usage
 from otlp_ingest.ring import Record, RingCorrupt, RingReader
 from otlp_ingest.shutdown_deadline import child_deadline
@@ -272,6 +273,9 @@ class _Exporter:
         self._read_retry_at: list[float] = []  # per queue: monotonic time of the next read after an OSError
         self._acked_dirty: list[bool] = []  # per queue: acknowledged records not yet saved by mark_acked
         self._acked_saved_at: list[float] = []  # per queue: monotonic time of the last mark_acked
+        # Processors per signal (otlp_ingest.processing), run on each record before batching; a
+        # signal without processors is absent and its records are batched untouched.
+        self.pipelines: dict[Signal, Pipeline] = {}
 
     def add_queue(self, reader: RingReader | WalReader) -> None:
         """Read `reader` as the next queue (index len(readers)): its pending list and bookkeeping."""
@@ -292,6 +296,9 @@ class _Exporter:
         signal_mod.signal(signal_mod.SIGTERM, self._on_signal)
         signal_mod.signal(signal_mod.SIGINT, self._on_signal)
         try:
+            # A python processor's module that stopped importing since the config was checked
+            # fails here (ProcessingConfigError is a ValueError): a boot failure, not a crash loop.
+            self.pipelines = build_pipelines(self.settings.processors, self.settings.pipelines)
             for spec in self.specs:
                 self.add_queue(open_reader(spec))
             sender = build_sender(self.settings)
@@ -426,9 +433,16 @@ class _Exporter:
                 entry = pending.track(
                     Record(record.seq, record.signal, record.item_count, record.start, record.end, b"")
                 )
-                self.ready.extend(
-                    self.batcher.add(_SIGNAL_OF[record.signal], record.item_count, record.payload, entry)
-                )
+                signal = _SIGNAL_OF[record.signal]
+                payload, items = record.payload, record.item_count
+                pipeline = self.pipelines.get(signal)
+                if pipeline is not None:
+                    payload, items = pipeline.run(payload, items)
+                    if not items:  # processors dropped it all: nothing to send, done already
+                        entry.done = True
+                        self._commit_done(i)
+                        continue
+                self.ready.extend(self.batcher.add(signal, items, payload, entry))
             else:
                 all_empty = False
         self._count_quarantine()
@@ -466,20 +480,25 @@ class _Exporter:
                 entry.done = True
                 touched.add(entry.ring)
         for ring in touched:
-            committable = self.pending[ring].pop_committable()
-            if committable:
-                # commit releases a record and every one before it: the last one is enough.
-                try:
-                    self.readers[ring].commit(committable[-1])
-                except OSError as exc:
-                    # A full disk (ENOSPC writing a WAL's commit offset) must not kill the exporter:
-                    # the offset stays behind on disk, the next commit of a later record covers
-                    # these too, and a crash meanwhile re-sends them (at-least-once).
-                    limited.warning("commit_failed", "queue %s: commit failed: %s", ring, exc)
-            # New acknowledged records the commit could not cover: `_save_acked` persists them.
-            if hasattr(self.readers[ring], "mark_acked") and self.pending[ring].has_done():
-                self._acked_dirty[ring] = True
+            self._commit_done(ring)
         return bool(touched)
+
+    def _commit_done(self, ring: int) -> None:
+        """Commit the queue's leading done records (acknowledged, given up, or wholly dropped by
+        processors), and note the done ones an older open record keeps from the commit."""
+        committable = self.pending[ring].pop_committable()
+        if committable:
+            # commit releases a record and every one before it: the last one is enough.
+            try:
+                self.readers[ring].commit(committable[-1])
+            except OSError as exc:
+                # A full disk (ENOSPC writing a WAL's commit offset) must not kill the exporter:
+                # the offset stays behind on disk, the next commit of a later record covers
+                # these too, and a crash meanwhile re-sends them (at-least-once).
+                limited.warning("commit_failed", "queue %s: commit failed: %s", ring, exc)
+        # New acknowledged records the commit could not cover: `_save_acked` persists them.
+        if hasattr(self.readers[ring], "mark_acked") and self.pending[ring].has_done():
+            self._acked_dirty[ring] = True
 
     def _save_acked(self, now: float, force: bool = False) -> None:
         """A durable log also records acknowledged records the commit cannot cover yet, so a crash

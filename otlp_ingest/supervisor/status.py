@@ -521,6 +521,8 @@ def redact_settings(settings: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in settings.__struct_fields__:
         value = getattr(settings, name)
+        if name in ("processors", "pipelines"):
+            continue  # shown as the processors section (values such as `upsert` may be secrets)
         if name == "export_headers":
             value = dict.fromkeys(sorted(value), REDACTED)
         elif name.endswith(("_file", "_dir")):

@@ -131,6 +131,31 @@ EXPORTER_BATCH_ITEMS = Histogram(
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2048, 4096, 8192),
 )
 
+# Processors (otlp_ingest.processing), run by exporters before batching. `processor` is the
+# config's name (attributes/pii), `signal` traces|metrics|logs. Items are spans, metric data points
+# and log records. dropped `reason`: filtered (filter), sampled (probabilistic_sampler), function
+# (a python function removed them), error (the processor failed and its on_error is drop). errors
+# `reason`: raised, timeout, invalid_output (processing/python_function.py).
+PROCESSOR_INCOMING = Counter(
+    "otlp_processor_incoming_items", "Items handed to a processor.", ("processor", "signal")
+)
+PROCESSOR_OUTGOING = Counter(
+    "otlp_processor_outgoing_items", "Items a processor passed on.", ("processor", "signal")
+)
+PROCESSOR_DROPPED = Counter(
+    "otlp_processor_dropped_items",
+    "Items a processor dropped, by reason (filtered, sampled, function, error).",
+    ("processor", "signal", "reason"),
+)
+PROCESSOR_ERRORS = Counter(
+    "otlp_processor_errors",
+    "Processor calls that failed, by reason (raised, timeout, invalid_output).",
+    ("processor", "signal", "reason"),
+)
+PROCESSOR_SECONDS = Counter(
+    "otlp_processor_duration_seconds", "Time spent in a processor.", ("processor", "signal")
+)
+
 # Durable mode (otlp_ingest.wal): what recovery cut off or moved aside when a log was opened or
 # read. Non-zero means acknowledged data may have been lost to disk damage: alert on increase.
 QUEUE_QUARANTINED_BYTES = Counter(
