@@ -74,6 +74,16 @@ for _info in SIGNALS.values():
     _COUNTERS[f"otlp_exporter_send_failed_{_noun}_total"] = ("dropped", _info.name)
     _COUNTERS[f"otlp_exporter_backend_rejected_{_noun}_total"] = ("rejected", _info.name)
 
+# Processor families (labels processor, signal) -> document key; their totals are keyed
+# ("processor_<key>", "<processor> <signal>"): a space, since no processor name holds one.
+_PROCESSOR_COUNTERS = {
+    "otlp_processor_incoming_items_total": "incoming",
+    "otlp_processor_outgoing_items_total": "outgoing",
+    "otlp_processor_dropped_items_total": "dropped",
+    "otlp_processor_errors_total": "errors",
+    "otlp_processor_duration_seconds_total": "seconds",
+}
+
 Totals = dict[tuple[str, str], float]  # (kind, signal name) -> items
 
 
@@ -100,16 +110,24 @@ class CounterReader:
             for key, value, _timestamp, _pos in values:
                 what = self._keys.get(key, ())
                 if what == ():
-                    try:
-                        what = _COUNTERS.get(json.loads(key)[1])
-                    except (ValueError, IndexError, TypeError):
-                        what = None
+                    what = _counter_key(key)
                     self._keys[key] = what
                 if what is None:
                     continue
                 totals[what] = totals.get(what, 0.0) + value
                 mine[what] = mine.get(what, 0.0) + value
         return totals, per_pid
+
+
+def _counter_key(key: str) -> tuple[str, str] | None:
+    """A multiprocess file's sample key -> the Totals key it adds to, or None to skip it."""
+    try:  # (metric name, sample name, {label: value}, help), as prometheus_client writes it
+        _metric, sample, labels, *_help = json.loads(key)
+        if sample in _PROCESSOR_COUNTERS:
+            return f"processor_{_PROCESSOR_COUNTERS[sample]}", f"{labels['processor']} {labels['signal']}"
+        return _COUNTERS.get(sample)
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +340,23 @@ def _signals(history: tuple[Sample, ...]) -> dict[str, Any]:
     return out
 
 
+def _processors(settings: Any, history: tuple[Sample, ...]) -> list[dict[str, Any]]:
+    """The processors in force, per signal in pipeline order, with their counts so far."""
+    if settings is None:
+        return []
+    last = history[-1].totals if history else {}
+    rows = []
+    for signal, names in settings.pipelines.items():
+        for position, name in enumerate(names):
+            row: dict[str, Any] = {"signal": signal, "position": position, "name": name}
+            for kind in _PROCESSOR_COUNTERS.values():
+                key = (f"processor_{kind}", f"{name} {signal}")
+                row[kind] = round(last.get(key, 0.0), 3) if kind == "seconds" else int(last.get(key, 0.0))
+            row["incoming_rate"] = _round(_rate(history, ("processor_incoming", f"{name} {signal}")))
+            rows.append(row)
+    return rows
+
+
 def _queues(snap: TreeSnapshot) -> list[dict[str, Any]]:
     from otlp_ingest.queue import parse_queue, queue_usage
 
@@ -475,6 +510,7 @@ def build_status(
         "sample_interval_s": SAMPLE_INTERVAL,
         "rate_window_s": RATE_WINDOW,
         "signals": _signals(view.history),
+        "processors": _processors(settings, view.history),
         "queues": _queues(snap),
         "exporters": [_exporter_row(p, view) for p in snap.processes if p.role == "exporter"],
         "processes": [

@@ -12,6 +12,7 @@ to reach the control API, and `http_endpoint` is then `https://`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -45,6 +46,7 @@ class RecordingBackend:
         tls_client_ca: str | None = None,
         ca_file: str | None = None,
         client_cert: tuple[str, str] | None = None,
+        record_attributes: bool = False,
     ) -> None:
         self._args = [
             "--fail-first",
@@ -59,6 +61,7 @@ class RecordingBackend:
             *("--fail-every", str(fail_every)),
             *("--partial-reject", str(partial_reject)),
             *(["--grpc-no-compression"] if grpc_no_compression else []),
+            *(["--record-attributes"] if record_attributes else []),
         ]
         for flag, value in (
             ("--tls-cert", tls_cert),
@@ -132,6 +135,14 @@ class RecordingBackend:
         response = self._session.get(f"{self.http_endpoint}/_counts", timeout=10)
         response.raise_for_status()
         return response.json()
+
+    def first_request(self, signal_name: str) -> bytes | None:
+        """The first `signal_name` request accepted since the start or the last reset, serialized
+        (None if none yet)."""
+        response = self._session.get(f"{self.http_endpoint}/_first", timeout=10)
+        response.raise_for_status()
+        encoded = response.json()[signal_name]
+        return None if encoded is None else base64.b64decode(encoded)
 
     def control(self, **kwargs: Any) -> None:
         """Change fault injection: fail_next, fail_code, delay_ms, retry_after_s, max_items,

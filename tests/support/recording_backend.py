@@ -28,7 +28,12 @@ Control API on the HTTP port:
   `headers` counts the request headers (gRPC
   metadata) of accepted requests as "name: value" lines, lower-case names, except those that
   change per request or only frame it (HEADERS_NOT_RECORDED) - so tests can check that export
-  headers such as `authorization` arrive.
+  headers such as `authorization` arrive. With `--record-attributes`, `attributes` counts every
+  attribute as "<where>:<key>=<value>" (where: resource, span, event, log, point; logs add
+  "log:body=<body>"), so a test can prove what processors changed never reached the backend.
+- `GET /_first` -> `{"traces": "<base64>" | null, "metrics": ..., "logs": ...}`: the first request
+  accepted since the start or the last reset, per signal, as protobuf (re-serialized; what a check
+  of the data's content, e.g. that a processor ran, samples without recording every request).
 - `POST /_control` JSON `{"fail_next": N, "fail_code": "...", "delay_ms": M, "retry_after_s": S,
   "max_items": N, "fail_every": K, "partial_reject": R}` (each key optional) changes fault
   injection; `POST /_reset` clears the records.
@@ -55,6 +60,7 @@ TLS: with --tls-cert/--tls-key both ports serve TLS only (the control API too); 
 from __future__ import annotations
 
 import argparse
+import base64
 import gzip
 import json
 import os
@@ -113,6 +119,35 @@ def _any_str(value: Any) -> str:
     return str(getattr(value, kind)).replace("\n", " ")
 
 
+def attribute_pairs(signal: str, request: Any) -> list[str]:
+    """ "<where>:<key>=<value>" for every resource attribute (where = resource) and item attribute
+    (span, event, log, point) of a request: what tests of processors look for."""
+    pairs: list[str] = []
+    resources = getattr(
+        request, {"traces": "resource_spans", "logs": "resource_logs"}.get(signal, "resource_metrics")
+    )
+    for resource in resources:
+        pairs.extend(f"resource:{kv.key}={_any_str(kv.value)}" for kv in resource.resource.attributes)
+        for scope in getattr(
+            resource, {"traces": "scope_spans", "logs": "scope_logs"}.get(signal, "scope_metrics")
+        ):
+            if signal == "traces":
+                for span in scope.spans:
+                    pairs.extend(f"span:{kv.key}={_any_str(kv.value)}" for kv in span.attributes)
+                    for event in span.events:
+                        pairs.extend(f"event:{kv.key}={_any_str(kv.value)}" for kv in event.attributes)
+            elif signal == "logs":
+                for record in scope.log_records:
+                    pairs.extend(f"log:{kv.key}={_any_str(kv.value)}" for kv in record.attributes)
+                    pairs.append(f"log:body={_any_str(record.body)}")
+            else:
+                for metric in scope.metrics:
+                    kind = metric.WhichOneof("data")
+                    for point in getattr(metric, kind).data_points if kind else ():
+                        pairs.extend(f"point:{kv.key}={_any_str(kv.value)}" for kv in point.attributes)
+    return pairs
+
+
 def item_keys(signal: str, request: Any) -> list[str]:
     """The identifying key of every item in a decoded Export*ServiceRequest."""
     keys: list[str] = []
@@ -149,6 +184,7 @@ class Recorder:
         max_items: int = 0,
         fail_every: int = 0,
         partial_reject: int = 0,
+        record_attributes: bool = False,
     ) -> None:
         self.lock = threading.Lock()
         self.fail_next = fail_next
@@ -159,6 +195,7 @@ class Recorder:
         self.fail_every = fail_every
         self.partial_reject = partial_reject
         self.calls = 0
+        self.record_attributes = record_attributes
         self.reset()
 
     def reset(self) -> None:
@@ -175,9 +212,11 @@ class Recorder:
                     "keys": Counter(),
                     "encodings": Counter(),
                     "headers": Counter(),
+                    "attributes": Counter(),
                 }
                 for name in SIGNALS
             }
+            self.first: dict[str, Any] = dict.fromkeys(SIGNALS)
 
     def control(self, doc: dict[str, Any]) -> None:
         with self.lock:
@@ -235,6 +274,10 @@ class Recorder:
             if encoding:
                 entry["encodings"][encoding] += 1
             entry["headers"].update(headers or ())
+            if self.record_attributes:
+                entry["attributes"].update(attribute_pairs(signal, request))
+            if self.first[signal] is None:
+                self.first[signal] = request
             return True, min(self.partial_reject, len(keys))
 
     def counts(self) -> dict[str, int]:
@@ -243,12 +286,25 @@ class Recorder:
         with self.lock:
             return {name: entry["items"] for name, entry in self.records.items()}
 
+    def first_requests(self) -> dict[str, str | None]:
+        with self.lock:
+            first = dict(self.first)
+        return {
+            name: None if request is None else base64.b64encode(request.SerializeToString()).decode()
+            for name, request in first.items()
+        }
+
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
                 name: {
-                    **{k: v for k, v in entry.items() if k not in ("keys", "order", "encodings", "headers")},
+                    **{
+                        k: v
+                        for k, v in entry.items()
+                        if k not in ("keys", "order", "encodings", "headers", "attributes")
+                    },
                     "keys": dict(entry["keys"]),
+                    "attributes": dict(entry["attributes"]),
                     "encodings": dict(entry["encodings"]),
                     "headers": dict(entry["headers"]),
                     "order": list(entry["order"]),
@@ -356,6 +412,8 @@ def _http_handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
                 self._json(200, recorder.snapshot())
             elif self.path == "/_counts":
                 self._json(200, recorder.counts())
+            elif self.path == "/_first":
+                self._json(200, recorder.first_requests())
             else:
                 self._json(404, {"error": "not found"})
 
@@ -421,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-every", type=int, default=0, help="fail every K-th request (0: off)")
     parser.add_argument("--partial-reject", type=int, default=0, help="partial_success rejected count")
     parser.add_argument(
+        "--record-attributes", action="store_true", help="count every attribute key=value seen (_records)"
+    )
+    parser.add_argument(
         "--grpc-no-compression",
         action="store_true",
         help="refuse compressed gRPC messages (UNIMPLEMENTED), to prove a client compresses",
@@ -440,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_items,
         args.fail_every,
         args.partial_reject,
+        args.record_attributes,
     )
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16),
