@@ -13,9 +13,11 @@ $(STAMP): pyproject.toml setup.py $(wildcard otlp_ingest/*/_*.c)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-## run: install into .venv and start the server (gRPC :4317, HTTP :4318, admin :8888)
+## run: install into .venv and start the server (gRPC :4317, HTTP :4318, admin :8888);
+##      ARGS passes flags, e.g. make run ARGS="--config otlp.yaml"
+ARGS ?=
 run: $(STAMP)
-	$(PY) -m otlp_ingest serve
+	$(PY) -m otlp_ingest serve $(ARGS)
 
 ## tools: Debian packages the tests use (promtool, prometheus, shellcheck, kubectl; chromium for the status page)
 tools:
