@@ -391,3 +391,26 @@ def test_auth_tokens_file_is_checked_at_load(tmp_path):
     [line] = problems(env={"OTLP_AUTH_TOKENS_FILE": str(bad)})
     assert line.startswith(f"OTLP_AUTH_TOKENS_FILE={bad}: line 1: the token has 14 characters"), line
     assert "short-secret-1" not in line  # never the token itself
+
+
+def test_processors_from_yaml_and_toml_and_their_errors(tmp_path):
+    yaml_file = tmp_path / "otlp.yaml"
+    yaml_file.write_text(
+        "processors:\n  attributes/pii:\n    actions:\n      - {key: user.email, action: hash}\n"
+        "pipelines:\n  traces: [attributes/pii]\n"
+    )
+    toml_file = tmp_path / "otlp.toml"
+    toml_file.write_text(
+        '[[processors."attributes/pii".actions]]\nkey = "user.email"\naction = "hash"\n\n'
+        '[pipelines]\ntraces = ["attributes/pii"]\n'
+    )
+    for path in (yaml_file, toml_file):
+        settings, sources = load_settings_with_sources({}, {}, str(path))
+        assert settings.pipelines == {"traces": ["attributes/pii"]}
+        assert settings.processors["attributes/pii"]["actions"] == [{"key": "user.email", "action": "hash"}]
+        assert sources["pipelines"] == f"{path}:pipelines"
+        assert settings_from_json(settings_to_json(settings)) == settings  # how children get them
+    toml_file.write_text('[pipelines]\ntraces = ["attributes/missing"]\n')
+    assert problems({}, {}, str(toml_file)) == [
+        f"{toml_file}:pipelines.traces[0]: 'attributes/missing' is not defined under processors"
+    ]
