@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError, Message
 from otlp_ingest.otlp.id_views import ViewSchema, build_views
 from otlp_ingest.otlp.signals import Signal
 
-_POINT_KINDS = (("gauge", 5), ("sum", 7), ("histogram", 9), ("exponential_histogram", 10), ("summary", 11))
+POINT_KINDS = (("gauge", 5), ("sum", 7), ("histogram", 9), ("exponential_histogram", 10), ("summary", 11))
 
 _SCHEMA: ViewSchema = {
     "ScopeSpans": [("spans", 2, "*bytes")],
@@ -30,7 +30,7 @@ _SCHEMA: ViewSchema = {
     "ResourceLogs": [("scope_logs", 2, "ScopeLogs")],
     "LogsRequest": [("resource_logs", 1, "ResourceLogs")],
     "Points": [("data_points", 1, "*bytes")],
-    "Metric": [(kind, number, "?Points") for kind, number in _POINT_KINDS],
+    "Metric": [(kind, number, "?Points") for kind, number in POINT_KINDS],
     "ScopeMetrics": [("metrics", 2, "Metric")],
     "ResourceMetrics": [("scope_metrics", 2, "ScopeMetrics")],
     "MetricsRequest": [("resource_metrics", 1, "ResourceMetrics")],
@@ -50,16 +50,29 @@ def count_items_unread(signal: Signal, body: bytes) -> int:
         request = _REQUEST[signal].FromString(body)
     except DecodeError:
         return 0
+    return count_items(signal, request)
+
+
+def count_items(signal: Signal, request: Message) -> int:
+    """Items (spans, metric data points, log records) of a decoded request: the generated message,
+    a view of it (the point kinds are found by presence, so views without the oneof work too)."""
     if signal == Signal.TRACES:
         return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
     if signal == Signal.LOGS:
         return sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
     scopes = [sm for rm in request.resource_metrics for sm in rm.scope_metrics]
-    return sum(_points(metric) for sm in scopes for metric in sm.metrics)
+    return sum(metric_points(metric) for sm in scopes for metric in sm.metrics)
 
 
-def _points(metric: Message) -> int:
-    for kind, _number in _POINT_KINDS:
+def point_kind(metric: Message) -> str | None:
+    """Which of the five point kinds a metric holds, or None."""
+    for kind, _number in POINT_KINDS:
         if metric.HasField(kind):
-            return len(getattr(metric, kind).data_points)
-    return 0
+            return kind
+    return None
+
+
+def metric_points(metric: Message) -> int:
+    """Number of data points of one metric."""
+    kind = point_kind(metric)
+    return 0 if kind is None else len(getattr(metric, kind).data_points)

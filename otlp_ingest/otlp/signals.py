@@ -70,6 +70,14 @@ SIGNALS: dict[Signal, SignalInfo] = {
     ),
 }
 
+# The repeated fields from a request down to its items: request -> resources -> scopes -> items
+# (for metrics the "items" are Metrics, each holding its data points).
+CONTAINERS: dict[Signal, tuple[str, str, str]] = {
+    Signal.TRACES: ("resource_spans", "scope_spans", "spans"),
+    Signal.METRICS: ("resource_metrics", "scope_metrics", "metrics"),
+    Signal.LOGS: ("resource_logs", "scope_logs", "log_records"),
+}
+
 SIGNAL_BY_PATH: dict[str, Signal] = {info.http_path: s for s, info in SIGNALS.items()}
 SIGNAL_BY_NAME: dict[str, Signal] = {info.name: s for s, info in SIGNALS.items()}
 

@@ -35,7 +35,8 @@ from google.protobuf.message import DecodeError, Message
 
 from otlp_ingest.errors import InvalidArgument
 from otlp_ingest.otlp.id_views import proven_item_count
-from otlp_ingest.otlp.signals import SIGNALS, Signal
+from otlp_ingest.otlp.item_count import count_items
+from otlp_ingest.otlp.signals import CONTAINERS, SIGNALS, Signal
 from otlp_ingest.otlp.wire_check import COMPILED as WIRE_PROOF
 from otlp_ingest.otlp.wire_check import proven_item_count as proven_on_the_wire
 
@@ -105,22 +106,6 @@ def validate_message(signal: Signal, message: Message, max_item_bytes: int = 0) 
     Drops invalid items from `message` in place; `payload` is always freshly serialized.
     """
     return _validate(signal, message, None, max_item_bytes)
-
-
-def count_items(signal: Signal, message: Message) -> int:
-    """Number of items (spans, metric data points, log records) in an `Export*ServiceRequest`."""
-    if signal == Signal.TRACES:
-        return sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans)
-    if signal == Signal.LOGS:
-        return sum(len(sl.log_records) for rl in message.resource_logs for sl in rl.scope_logs)
-    total = 0
-    for rm in message.resource_metrics:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                kind = metric.WhichOneof("data")
-                if kind is not None:
-                    total += len(getattr(metric, kind).data_points)
-    return total
 
 
 # ----------------------------------------------------------------------------------- implementation
@@ -340,16 +325,8 @@ def _drop_oversized_points(scope: Message, limit: int, resource_env: int) -> int
 
 
 def _resources(signal: Signal, message: Message) -> Iterable[Message]:
-    if signal == Signal.TRACES:
-        return message.resource_spans
-    if signal == Signal.LOGS:
-        return message.resource_logs
-    return message.resource_metrics
+    return getattr(message, CONTAINERS[signal][0])
 
 
 def _scopes(signal: Signal, resource: Message) -> Iterable[Message]:
-    if signal == Signal.TRACES:
-        return resource.scope_spans
-    if signal == Signal.LOGS:
-        return resource.scope_logs
-    return resource.scope_metrics
+    return getattr(resource, CONTAINERS[signal][1])

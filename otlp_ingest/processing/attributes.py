@@ -34,7 +34,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from otlp_ingest.otlp.signals import Signal
 from otlp_ingest.processing.base import OptionError, Options, Processor, compile_regex
-from otlp_ingest.processing.otlp_items import item_attribute_lists, resources
+from otlp_ingest.processing.otlp_items import item_attribute_lists, resource_list
 
 ACTIONS = ("insert", "update", "upsert", "delete", "hash")
 _SETTERS = ("insert", "update", "upsert")
@@ -220,6 +220,6 @@ class ResourceProcessor(Processor):
 
     def process(self, signal: Signal, request: Message) -> Message:
         apply = self.actions.apply
-        for resource in resources(signal, request):
+        for resource in resource_list(signal, request):
             apply(resource.resource.attributes)
         return request

@@ -19,36 +19,20 @@ from collections.abc import Callable
 
 from google.protobuf.message import Message
 
-from otlp_ingest.otlp.signals import Signal
+from otlp_ingest.otlp.item_count import count_items, metric_points, point_kind
+from otlp_ingest.otlp.signals import CONTAINERS, Signal
 
-POINT_KINDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
-
-
-def resources(signal: Signal, request: Message) -> list[Message]:
-    """The request's ResourceSpans / ResourceMetrics / ResourceLogs."""
-    if signal == Signal.TRACES:
-        return list(request.resource_spans)
-    if signal == Signal.LOGS:
-        return list(request.resource_logs)
-    return list(request.resource_metrics)
+__all__ = ["count_items", "item_attribute_lists", "keep_items", "resource_list", "scopes", "value_text"]
 
 
 def resource_list(signal: Signal, request: Message) -> Message:
-    """The repeated field holding the resources (to delete emptied ones from)."""
-    if signal == Signal.TRACES:
-        return request.resource_spans
-    if signal == Signal.LOGS:
-        return request.resource_logs
-    return request.resource_metrics
+    """The repeated field of the request's resources (ResourceSpans, ...)."""
+    return getattr(request, CONTAINERS[signal][0])
 
 
 def scopes(signal: Signal, resource: Message) -> Message:
     """The repeated scope field of one resource entry."""
-    if signal == Signal.TRACES:
-        return resource.scope_spans
-    if signal == Signal.LOGS:
-        return resource.scope_logs
-    return resource.scope_metrics
+    return getattr(resource, CONTAINERS[signal][1])
 
 
 def item_attribute_lists(signal: Signal, request: Message) -> list[Message]:
@@ -73,14 +57,6 @@ def item_attribute_lists(signal: Signal, request: Message) -> list[Message]:
     return out
 
 
-def point_kind(metric: Message) -> str | None:
-    """Which of the five point kinds a metric holds (by presence: view types have no oneof)."""
-    for kind in POINT_KINDS:
-        if metric.HasField(kind):
-            return kind
-    return None
-
-
 def data_points(request: Message) -> list[Message]:
     """Every data point of a metrics request, whatever its kind."""
     out: list[Message] = []
@@ -91,23 +67,6 @@ def data_points(request: Message) -> list[Message]:
                 if kind is not None:
                     out.extend(getattr(metric, kind).data_points)
     return out
-
-
-def metric_points(metric: Message) -> int:
-    """Number of data points of one metric."""
-    kind = point_kind(metric)
-    return 0 if kind is None else len(getattr(metric, kind).data_points)
-
-
-def count_items(signal: Signal, request: Message) -> int:
-    """Spans, log records or data points in a request (a full message or a view)."""
-    if signal == Signal.TRACES:
-        return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
-    if signal == Signal.LOGS:
-        return sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
-    return sum(
-        metric_points(m) for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-    )
 
 
 def keep_items(signal: Signal, request: Message, keep: Callable[[Message, Message, Message], bool]) -> int:
@@ -139,11 +98,7 @@ def keep_items(signal: Signal, request: Message, keep: Callable[[Message, Messag
 
 
 def _items(signal: Signal, scope: Message) -> Message:
-    if signal == Signal.TRACES:
-        return scope.spans
-    if signal == Signal.LOGS:
-        return scope.log_records
-    return scope.metrics
+    return getattr(scope, CONTAINERS[signal][2])
 
 
 def value_text(value: Message) -> str:
