@@ -167,23 +167,24 @@ class AttributeActions:
         if not actions:
             raise OptionError(path, "at least one action is required")
         self.actions = [_Action(options) for options in actions]
-        # Fast path: when every action acts only on keys already present and names them exactly
-        # (no pattern, no insert/upsert), a map holding none of those keys is left untouched
-        # after a lookup per key, without running any action.
-        self._watch: tuple[str, ...] | None = None
-        if all(a.pattern is None and a.action in ("delete", "hash", "update") for a in self.actions):
-            self._watch = tuple({a.key: None for a in self.actions if a.key})
+        # The common actions (delete or hash one named key) run inline in `apply`: a call per
+        # action and attribute map was a third of the processor's time on 100-span requests.
+        self._plan = [
+            (a.action if a.pattern is None and a.action in ("delete", "hash") else "", a.key, a)
+            for a in self.actions
+        ]
 
     def apply(self, attrs: Message) -> None:
-        watch = self._watch
-        if watch is not None:
-            for key in watch:
+        for inline, key, action in self._plan:
+            if inline == "delete":
                 if key in attrs:
-                    break
+                    del attrs[key]
+            elif inline == "hash":
+                if key in attrs:
+                    value = attrs[key]
+                    value.string_value = hashed(value)
             else:
-                return
-        for action in self.actions:
-            action.run(attrs)
+                action.run(attrs)
 
 
 class AttributesProcessor(Processor):
@@ -203,6 +204,16 @@ class AttributesProcessor(Processor):
 
     def process(self, signal: Signal, request: Message) -> Message:
         apply = self.actions.apply
+        if signal == Signal.TRACES:  # the hot case, walked inline (no list of every map)
+            for rs in request.resource_spans:
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        apply(span.attributes)
+                        events = span.events
+                        if events:
+                            for event in events:
+                                apply(event.attributes)
+            return request
         for attrs in item_attribute_lists(signal, request):
             apply(attrs)
         return request

@@ -26,6 +26,7 @@ import time
 from google.protobuf.message import Message
 
 from otlp_ingest.otlp.signals import SIGNALS, Signal
+from otlp_ingest.otlp.validate import validate_protobuf
 from otlp_ingest.processing.base import Processor
 from otlp_ingest.processing.otlp_items import count_items
 from otlp_ingest.processing.python_function import InvalidOutput, ProcessorTimeout
@@ -68,6 +69,15 @@ class Pipeline:
         self._types = {True: REQUEST_VIEW[signal], False: SIGNALS[signal].request_type}
         self._stages = [_Stage(p, signal) for p in processors]
 
+    def _checked(self, request: Message) -> tuple[Message, bytes, int]:
+        """A user function's output, its bytes and item count, if it is a request the receiver
+        would accept whole (the C wire proof, else the item-by-item check); else InvalidOutput."""
+        data = request.SerializeToString()
+        verdict = validate_protobuf(self.signal, data)
+        if verdict.rejected:
+            raise InvalidOutput(f"left {verdict.rejected} invalid items: {verdict.error_message}")
+        return request, data, verdict.accepted
+
     def run(self, payload: bytes, items: int) -> tuple[bytes, int]:
         """The processed record and its item count; (b"", 0) when nothing is left."""
         signal = self.signal
@@ -87,8 +97,11 @@ class Pipeline:
             stage.incoming.inc(items)
             start = time.perf_counter()
             failure = ""
+            checked: bytes | None = None  # the output's bytes, when they were checked
             try:
                 result = processor.process(signal, request)
+                if not processor.uses_view:
+                    result, checked, left = self._checked(result if result is not None else request)
             except ProcessorTimeout:
                 failure, detail = "timeout", f"ran past {getattr(processor, 'timeout', 0):g}s"
             except InvalidOutput as exc:
@@ -123,12 +136,13 @@ class Pipeline:
                 continue
             if result is not None:
                 request = result
-            left = count_items(signal, request) if processor.changes_items else items
+            if checked is None:
+                left = count_items(signal, request) if processor.changes_items else items
             stage.outgoing.inc(left)
             if left < items:
                 stage.dropped.inc(items - left)
             items = left
-            snapshot = None
+            snapshot = checked
             if not items:
                 return b"", 0
         if snapshot is not None:
