@@ -1,10 +1,12 @@
 """A real server scraped by a real Prometheus with the alert rules loaded.
 
 Server: `python -m otlp_ingest serve` on free ports (tests.conftest.ServerProcess), forwarding to
-the recording backend. Traffic for all three signals, then injected backend faults (retryable,
-then permanent) so the retry and send-failed series exist too. Prometheus: the Debian binary on a
-free port with a temporary storage dir, scraping the admin port every second and evaluating
-deploy/prometheus/alerts.yml every second. Checked through Prometheus's HTTP API and the scripts.
+the recording backend, with one pass-through processor on traces so that the processor series the
+dashboard and OtlpIngestProcessorFailing select exist (the exporter creates them at 0). Traffic
+for all three signals, then injected backend faults (retryable, then permanent) so the retry and
+send-failed series exist too. Prometheus: the Debian binary on a free port with a temporary
+storage dir, scraping the admin port every second and evaluating deploy/prometheus/alerts.yml
+every second. Checked through Prometheus's HTTP API and the scripts.
 """
 
 from __future__ import annotations
@@ -46,9 +48,24 @@ def _send(server: ServerProcess, signal: str, requests_: int = 3) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     prometheus_bin = tool("prometheus")
     tmp = tmp_path_factory.mktemp("live")
+    server_config = tmp / "otlp.yaml"
+    server_config.write_text(
+        yaml.safe_dump(
+            {
+                "processors": {
+                    "attributes/live": {"actions": [{"key": "live", "value": "1", "action": "upsert"}]}
+                },
+                "pipelines": {"traces": ["attributes/live"]},
+            }
+        )
+    )
     with (
         RecordingBackend(retry_after_s=0.05) as backend,
-        ServerProcess(tmp / "server", env={"OTLP_ENDPOINT": backend.grpc_endpoint}) as server,
+        ServerProcess(
+            tmp / "server",
+            env={"OTLP_ENDPOINT": backend.grpc_endpoint},
+            args=["--config", str(server_config)],
+        ) as server,
     ):
         # Normal traffic on every signal, then 2 retryable failures (retried, then delivered),
         # then 2 permanent rejections (counted as send-failed).

@@ -29,6 +29,7 @@ REQUIRED_ALERTS = {
     "OtlpIngestMemoryLimited",  # refusing at the memory limit
     "OtlpIngestQueueQuarantined",  # durable queue corruption: data moved aside
     "OtlpIngestQueueTruncated",  # durable queue: torn tail cut after an unclean stop
+    "OtlpIngestProcessorFailing",  # a processor's calls keep failing (items dropped or sent unprocessed)
 }
 
 
@@ -105,6 +106,10 @@ def test_dashboard_has_required_panels() -> None:
         "otlp_memory_limit_bytes",
         "otlp_exporter_queue_capacity_bytes",  # queue bytes vs capacity
         "sum by (reason) (rate(otlp_exporter_send_failed_spans_total",  # drops by reason
+        "sum by (processor, signal) (rate(otlp_processor_incoming_items_total",  # processors: in
+        "sum by (processor, signal) (rate(otlp_processor_outgoing_items_total",  # out
+        "sum by (processor, signal, reason) (rate(otlp_processor_dropped_items_total",  # dropped by reason
+        "sum by (processor, signal, reason) (rate(otlp_processor_errors_total",  # failed calls by reason
     ):
         assert needle in exprs, needle
     ids = [p["id"] for p in dash["panels"]]
