@@ -201,6 +201,25 @@ def render(doc: dict[str, Any], colour: bool = False) -> list[str]:
     headers = ["signal", "accepted", "total", "refused", "total", "exported", "total", "dropped"]
     lines += _table([*headers, "last minute (accepted)"], rows, set(range(1, 8)))
 
+    processors = doc.get("processors") or []
+    if processors:  # only when the config has pipelines (docs/processing.md)
+        lines += ["", paint("PROCESSORS (per signal, in pipeline order)", BOLD)]
+        rows = [
+            [
+                p["signal"],
+                f"{p['position'] + 1}. {p['name']}",
+                fmt_rate(p.get("incoming_rate")),
+                fmt_int(p["incoming"]),
+                fmt_int(p["outgoing"]),
+                fmt_int(p["dropped"]),
+                fmt_int(p["errors"]),
+                fmt_dur(p["seconds"]),
+            ]
+            for p in processors
+        ]
+        headers = ["signal", "processor", "in rate", "in", "out", "dropped", "errors", "time spent"]
+        lines += _table(headers, rows, set(range(2, 8)))
+
     lines += ["", paint("EXPORTERS", BOLD)]
     rows = []
     for e in doc.get("exporters", []):

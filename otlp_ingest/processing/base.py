@@ -147,8 +147,8 @@ class Processor:
     # Whether `process` may change the number of items: if not, the pipeline does not count them
     # again afterwards (counting walks every scope).
     changes_items: ClassVar[bool] = False
-    # The `reason` label of the items it drops (otlp_processor_dropped_items_total).
-    drop_reason: ClassVar[str] = "dropped"
+    # With changes_items: the `reason` label of the items it drops (otlp_processor_dropped_items_total).
+    drop_reason: ClassVar[str] = ""
     # Built-in processors work on views.py's request views (attributes as maps); False: on the
     # full generated Export*ServiceRequest (a user's function gets the real message).
     uses_view: ClassVar[bool] = True

@@ -50,7 +50,12 @@ class _Stage:
         self.incoming = metrics.PROCESSOR_INCOMING.labels(processor.name, name)
         self.outgoing = metrics.PROCESSOR_OUTGOING.labels(processor.name, name)
         self.seconds = metrics.PROCESSOR_SECONDS.labels(processor.name, name)
-        self.dropped = metrics.PROCESSOR_DROPPED.labels(processor.name, name, processor.drop_reason)
+        # Only processors that can drop items get a series for it (attributes never drop).
+        self.dropped = (
+            metrics.PROCESSOR_DROPPED.labels(processor.name, name, processor.drop_reason)
+            if processor.changes_items
+            else None
+        )
         self.errors = {
             reason: metrics.PROCESSOR_ERRORS.labels(processor.name, name, reason)
             for reason in ("raised", "timeout", "invalid_output")
@@ -139,7 +144,7 @@ class Pipeline:
             if checked is None:
                 left = count_items(signal, request) if processor.changes_items else items
             stage.outgoing.inc(left)
-            if left < items:
+            if left < items and stage.dropped is not None:
                 stage.dropped.inc(items - left)
             items = left
             snapshot = checked

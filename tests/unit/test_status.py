@@ -462,3 +462,34 @@ def test_top_renders_a_document(ring_name):
     coloured = top.render(doc, colour=True)
     assert any("\x1b[31mretrying\x1b[0m" in line for line in coloured)
     assert top._fit(coloured[0], 20).endswith("…")
+
+
+def test_processors_section_from_the_counters(ring_name):
+    """status.json and top list the pipelines' processors, in order, with the summed counters."""
+    mono, wall = 5000.0, 1_000_100.0
+    settings = Settings(
+        processors={"attributes/pii": {"actions": [{"key": "a", "action": "delete"}]}, "filter": {}},
+        pipelines={"traces": ["attributes/pii", "filter"], "logs": ["attributes/pii"]},
+    )
+    totals = {
+        ("processor_incoming", "attributes/pii traces"): 100.0,
+        ("processor_outgoing", "attributes/pii traces"): 100.0,
+        ("processor_incoming", "filter traces"): 100.0,
+        ("processor_outgoing", "filter traces"): 60.0,
+        ("processor_dropped", "filter traces"): 40.0,
+        ("processor_seconds", "filter traces"): 0.0123,
+    }
+    view = SamplerView(history=(Sample(mono - 1, wall - 1, {}), Sample(mono, wall, totals)))
+    doc = build_status(_snapshot(ring_name, settings, mono), view, [], "pod-1", now_wall=wall, now_mono=mono)
+    rows = [
+        (p["signal"], p["position"], p["name"], p["incoming"], p["outgoing"], p["dropped"])
+        for p in doc["processors"]
+    ]
+    assert rows == [
+        ("traces", 0, "attributes/pii", 100, 100, 0),
+        ("traces", 1, "filter", 100, 60, 40),
+        ("logs", 0, "attributes/pii", 0, 0, 0),
+    ]
+    assert doc["processors"][1]["seconds"] == 0.012 and "processors" not in doc["settings"]
+    text = "\n".join(top.render(doc, colour=False))
+    assert "PROCESSORS" in text and "2. filter" in text and "12 ms" in text
