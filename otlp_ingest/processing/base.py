@@ -52,6 +52,10 @@ class Options:
     def has(self, key: str) -> bool:
         return key in self._left
 
+    def peek(self, key: str) -> Any:
+        """The raw value of `key` without reading it (None when absent)."""
+        return self._left.get(key)
+
     def raw(self, key: str, default: Any = None) -> Any:
         return self._left.pop(key, default)
 

@@ -52,7 +52,7 @@ Matcher = Callable[[Message, Message, Message], bool]  # (resource entry, scope 
 
 _SEVERITIES = {"TRACE": 1, "DEBUG": 5, "INFO": 9, "WARN": 13, "ERROR": 17, "FATAL": 21}
 _SECTIONS = {"spans": Signal.TRACES, "logs": Signal.LOGS, "metrics": Signal.METRICS}
-_OTTL = ("traces", "span", "spanevent", "log_record", "metric", "datapoint")
+_OTTL = ("log_record", "metric", "datapoint")  # the OTTL form's lists under logs/metrics
 
 
 class _Names:
@@ -203,12 +203,12 @@ class FilterProcessor(Processor):
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)
-        for key in _OTTL:
-            if options.has(key):
-                raise OptionError(
-                    options.at(key),
-                    "the OTTL conditions form is not supported (use spans/logs/metrics with include/exclude)",
-                )
+        ottl = _ottl_key(options)
+        if ottl is not None:
+            raise OptionError(
+                options.at(ottl),
+                "the OTTL conditions form is not supported (use spans/logs/metrics with include/exclude)",
+            )
         self.keep: dict[Signal, Matcher] = {}
         for section, signal in _SECTIONS.items():
             block = options.nested(section)
@@ -232,6 +232,19 @@ class FilterProcessor(Processor):
         if keep is not None:
             keep_items(signal, request, keep)
         return request
+
+
+def _ottl_key(options: Options) -> str | None:
+    """Where a config uses the Collector's OTTL form: `traces:`, or `logs:`/`metrics:` (section
+    names in both forms) holding the OTTL lists."""
+    if options.has("traces"):
+        return "traces"
+    for section in ("logs", "metrics"):
+        inner = options.peek(section)
+        for key in _OTTL:
+            if isinstance(inner, dict) and key in inner:
+                return f"{section}.{key}"
+    return None
 
 
 def _keeper(include: Matcher | None, exclude: Matcher | None) -> Matcher:

@@ -401,6 +401,13 @@ def test_bad_configs_name_the_processor_and_the_key(tmp_path):
         {"probabilistic_sampler": {"sampling_percentage": 5}}, {"metrics": ["probabilistic_sampler"]}
     ) == ["pipelines.metrics[0]: 'probabilistic_sampler' does not process metrics (only traces, logs)"]
     assert problems({}, {"profiles": []})[0].startswith("pipelines.profiles: unknown signal")
+    ottl = "the OTTL conditions form is not supported (use spans/logs/metrics with include/exclude)"
+    assert problems({"filter": {"logs": {"log_record": ["severity_number < 9"]}}}) == [
+        f"processors.filter.logs.log_record: {ottl}"
+    ]
+    assert problems({"filter": {"traces": {"span": ['name == "x"']}}}) == [
+        f"processors.filter.traces: {ottl}"
+    ]
 
 
 def test_no_pipeline_no_processing():
