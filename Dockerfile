@@ -12,11 +12,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 # A C compiler for the project's C extensions (setup.py: the wire proof, the HTTP/1.1
 # fast path's head scanner, the ring's record writer and reader; without them the slower Python
-# paths run): in this stage only, the runtime image has none. Not pinned: Debian's point releases
+# paths run): in this stage only, the runtime image has none. Python's headers too where the base
+# lacks them (a base with Debian's python3.11, scripts/build-image.sh; python:3.11-slim has them),
+# so a runtime on such a base carries no headers either. Not pinned: Debian's point releases
 # replace these versions, and the stage is thrown away.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && if [ ! -f "$(python -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" ]; then \
+         apt-get install -y --no-install-recommends \
+           "libpython$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')-dev"; \
+       fi \
     && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 COPY pyproject.toml setup.py README.md ./
@@ -35,15 +41,19 @@ otlp_ingest.ring._records"
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="otlp-ingest" \
       org.opencontainers.image.description="OpenTelemetry (OTLP) ingest gateway"
-# A fixed uid/gid so Kubernetes' runAsUser/fsGroup (10001) and volume ownership agree.
+# A fixed uid/gid so Kubernetes' runAsUser/fsGroup (10001) and volume ownership agree. The data
+# dir and the durable queue's dir (OTLP_QUEUE_DIR=/var/lib/otlp-queue, as in the durable overlay)
+# exist owned by it: Docker gives a new named volume the owner of the directory it is mounted on
+# (root, for a path the image lacks), and the server must write there.
 RUN groupadd --system --gid 10001 otlp \
     && useradd --system --uid 10001 --gid otlp --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin otlp \
-    && mkdir -p /var/lib/otlp-ingest \
-    && chown otlp:otlp /var/lib/otlp-ingest
+    && mkdir -p /var/lib/otlp-ingest /var/lib/otlp-queue \
+    && chown otlp:otlp /var/lib/otlp-ingest /var/lib/otlp-queue
 COPY --from=build /opt/venv /opt/venv
 # Writable paths at run time: /tmp (Prometheus multiprocess dir, temp files), the data dir (file
-# sink) and /dev/shm (rings). Everything else may be mounted read-only.
+# sink), /dev/shm (rings) and, in durable mode, the queue dir. Everything else may be mounted
+# read-only.
 # The server listens on 127.0.0.1 by default (a laptop's `make run`); in a container only every
 # interface is reachable through the published ports, so the image sets 0.0.0.0 explicitly.
 ENV PATH=/opt/venv/bin:$PATH \

@@ -54,6 +54,32 @@ def test_dockerfile_facts() -> None:
     assert checks and all("-I " in flags for flags in checks), "import checks must run isolated (-I)"
 
 
+def test_image_owns_its_writable_dirs() -> None:
+    """The data dir and the durable overlay's queue dir exist in the image, owned by its USER:
+    Docker gives a new named volume the owner of the directory it is mounted on (root for a
+    path the image lacks), and uid 10001 must write there. (podman chowns a new volume to the
+    container's user either way, so tests/deploy/test_container_image.py cannot catch this.)"""
+    durable = yaml.safe_load((ROOT / "deploy/k8s/overlays/durable/configmap-patch.yaml").read_text())
+    dirs = ["/var/lib/otlp-ingest", durable["data"]["OTLP_QUEUE_DIR"]]
+    ins = _instructions()
+    setup = next(rest for word, rest in ins if word == "RUN" and "useradd" in rest)
+    mkdir = re.search(r"mkdir -p ([^&]+)", setup)
+    chown = re.search(r"chown otlp:otlp ([^&]+)", setup)
+    assert mkdir and chown, setup
+    for path in dirs:
+        assert path in mkdir.group(1).split() and path in chown.group(1).split(), path
+    assert any(word == "ENV" and "OTLP_DATA_DIR=/var/lib/otlp-ingest" in rest for word, rest in ins)
+
+
+def test_python_headers_only_in_the_build_stage() -> None:
+    """On a base without Python's headers (Debian's python3.11: scripts/build-image.sh) the build
+    stage installs them; the runtime stage installs nothing, so it carries no compiler or headers."""
+    text = DOCKERFILE.read_text()
+    build, runtime = text.split("\nFROM ${PYTHON_IMAGE}\n", 1)
+    assert "Python.h" in build and "-dev" in build
+    assert "apt-get" not in runtime
+
+
 def test_dockerignore_keeps_context_small() -> None:
     lines = (ROOT / ".dockerignore").read_text().split()
     assert lines[lines.index("*")] == "*"
