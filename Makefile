@@ -23,6 +23,12 @@ run: $(STAMP)
 tools:
 	bash scripts/install-test-tools.sh
 
+## image: build the container image with podman on a Debian base made locally with debootstrap
+##        (no Docker daemon or registry needed; scripts/build-image.sh --help for the details)
+.PHONY: image
+image:
+	bash scripts/build-image.sh
+
 ## test: install everything, lint, and run the whole test suite
 test: $(STAMP) tools
 	$(VENV)/bin/ruff check .
