@@ -25,9 +25,13 @@ senders, throughput); then, on freshly started trees of both (so the closed-loop
 is not counted against a steady load), fixed-rate 10,000 spans/s (100 spans x 100 requests/s)
 for ack latency and memory, then idle; and ours once more in durable mode (gRPC 100/req, log on
 disk). Every tree is warmed up before its first measured run, and its memory left to settle.
+Then the cost of processing (issue 18, processing_cost.py): gRPC 100 spans/request closed loop,
+ours with the built-in `attributes` processor and with a `python` processor, rotel with its Python
+processor, all doing the same delete + hash on every span, next to both servers unprocessed; each
+run's result at the backend is checked (exit 1 if the work was not done).
 Results go to `<out>/e2e-<UTC timestamp>.json` and `<out>/latest.md` (both servers' rows, the
-ratios and the targets of issue 10, reported as MET/BELOW, never asserted: the machine is shared
-and noisy).
+ratios and the targets of issues 10 and 18, reported as MET/BELOW, never asserted: the machine is
+shared and noisy).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +55,8 @@ import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+import processing_cost  # noqa: E402  (benchmarks/, the script's own directory)
 
 from otlp_ingest.loadgen import parse_duration  # noqa: E402
 from tests.conftest import ServerProcess  # noqa: E402
@@ -94,6 +100,8 @@ class RunResult:
     peak_pss_mib: float
     peak_uss_mib: float
     steady_pss_mib: float  # median PSS over the second half of the run (the load's own memory)
+    case: str = ""  # processing_cost.py's case ("" for every other run)
+    check: str = ""  # processing runs: "" if the backend saw the case's work done, else what is wrong
 
 
 class TreeSampler:
@@ -183,12 +191,15 @@ class OursTarget(Target):
 
 
 class RotelTarget(Target):
-    """`rotel-agent start` in the foreground on free ports, exporting OTLP/gRPC to `backend`."""
+    """`rotel-agent start` in the foreground on free ports, exporting OTLP/gRPC to `backend`;
+    with `trace_processor`, that Python file runs on every ResourceSpans (rotel's processor SDK)."""
 
-    def __init__(self, workdir: Path, backend_endpoint: str) -> None:
+    def __init__(
+        self, workdir: Path, backend_endpoint: str, name: str = PEER, trace_processor: Path | None = None
+    ) -> None:
         from rotel.agent import Agent  # the benchmark environment installs the `rotel` wheel
 
-        self.name = PEER
+        self.name = name
         grpc_port, http_port = free_port(), free_port()
         self.grpc_endpoint = f"127.0.0.1:{grpc_port}"
         self.http_endpoint = f"127.0.0.1:{http_port}"
@@ -205,6 +216,7 @@ class RotelTarget(Target):
                 "--batch-timeout", BATCH_TIMEOUT,
                 "--pid-file", str(workdir / "rotel.pid"),
                 "--log-file", str(workdir / "rotel-agent.log"),
+                *(["--otlp-with-trace-processor", str(trace_processor)] if trace_processor else []),
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -262,6 +274,7 @@ def one_run(
     concurrency: int,
     rate_spans: float | None = None,
     label: str = "",
+    case: str = "",
 ) -> RunResult:
     backend.reset()
     sampler = TreeSampler(target.pid)
@@ -307,6 +320,7 @@ def one_run(
         peak_pss_mib=round(sampler.peak_pss / 2**20, 1),
         peak_uss_mib=round(sampler.peak_uss / 2**20, 1),
         steady_pss_mib=round(sampler.steady_pss() / 2**20, 1),
+        case=case,
     )
 
 
@@ -334,11 +348,11 @@ def idle_cpu(target: Target, seconds: float) -> float:
     return (sampler.cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
 
 
-def warm_up(target: Target, backend: RecordingBackend) -> None:
+def warm_up(target: Target, backend: RecordingBackend, protocols: tuple[str, ...] = ("grpc", "http")) -> None:
     """First connections, imports, page faults: not part of any measured run. The backend is
     reset before each phase too: items left from an earlier run would satisfy the wait below
     at once, and this phase's items would then arrive during the next one."""
-    for protocol in ("grpc", "http"):
+    for protocol in protocols:
         backend.reset()
         endpoint = target.grpc_endpoint if protocol == "grpc" else target.http_endpoint
         result = run_loadgen_process(
@@ -365,6 +379,68 @@ def settle_memory(target: Target, timeout: float = 30.0) -> None:
         if before - now < 2**20:
             return
         before = now
+
+
+def processing_runs(
+    closed: list[Target],
+    backend: RecordingBackend,
+    workdir: Path,
+    env: dict[str, str],
+    duration: float,
+    concurrency: int,
+    no_peer: bool,
+) -> list[RunResult]:
+    """processing_cost.py's cases, each checked at the backend. The unprocessed cases run on
+    `closed`, the closed-loop trees; each processing case on a tree of its own, started, warmed
+    up (gRPC) and stopped around its run, so no more than one extra tree is up at a time."""
+    pc = processing_cost
+    by_name = {target.name: target for target in closed}
+    results = []
+    for case in pc.CASES:
+        if no_peer and case in (pc.ROTEL_BASE, pc.ROTEL_PYTHON):
+            continue
+        with ExitStack() as stack:
+            if case in (pc.OURS_BASE, pc.ROTEL_BASE):
+                target = by_name[OURS if case == pc.OURS_BASE else PEER]
+            elif case == pc.ROTEL_PYTHON:
+                where = workdir / "rotel-python"
+                where.mkdir(parents=True, exist_ok=True)
+                peer = RotelTarget(where, backend.grpc_endpoint, case, trace_processor=pc.ROTEL_PROCESSOR)
+                stack.callback(peer.stop)
+                target = peer
+            else:
+                where = workdir / case.replace(" ", "-")
+                where.mkdir(parents=True, exist_ok=True)
+                config = where / "processing.yaml"
+                config.write_text(pc.config_yaml(case))
+                server = stack.enter_context(ServerProcess(where, env=env, args=["--config", str(config)]))
+                target = OursTarget(server, name=case)
+            if target not in closed:
+                warm_up(target, backend, ("grpc",))
+            r = one_run(
+                target, backend, pc.PROTOCOL, pc.SPANS, duration, concurrency, label=pc.LABEL, case=case
+            )
+        r.server = case
+        r.check = pc.check_sample(case, backend.first_request("traces"))
+        results.append(r)
+        _print(r)
+        if r.check:
+            print(f"  CHECK FAILED for {case}: {r.check}", flush=True)
+    return results
+
+
+def processing_report(results: list[RunResult]) -> dict:
+    cases = {
+        r.case: {
+            "spans_per_s": r.spans_per_s,
+            "spans_per_cpu_s": r.spans_per_cpu_s,
+            "requests_refused": r.requests_refused,
+            "check": r.check,
+        }
+        for r in results
+        if r.case
+    }
+    return processing_cost.report(cases)
 
 
 def _pair(results: list[RunResult], name: str) -> tuple[RunResult | None, RunResult | None]:
@@ -404,7 +480,9 @@ def targets_report(results: list[RunResult], idle: dict[str, float]) -> list[tup
     return out  # fmt: skip
 
 
-def to_markdown(meta: dict, results: list[RunResult], idle: dict[str, float]) -> str:
+def to_markdown(
+    meta: dict, results: list[RunResult], idle: dict[str, float], processing: dict | None = None
+) -> str:
     lines = [
         f"# End-to-end benchmark ({meta['timestamp']})",
         "",
@@ -418,7 +496,7 @@ def to_markdown(meta: dict, results: list[RunResult], idle: dict[str, float]) ->
         " | CPU ratio | throughput ratio | p99 ms (ours / peer) | peak PSS MiB (ours / peer) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    names = list(dict.fromkeys(r.name for r in results))
+    names = list(dict.fromkeys(r.name for r in results if not r.case))
     for name in names:
         ours, peer = _pair(results, name)
         if ours is None:
@@ -460,12 +538,14 @@ def to_markdown(meta: dict, results: list[RunResult], idle: dict[str, float]) ->
     lines += ["", "Targets (issue 10; reported, not asserted):", ""]
     for what, measured, met in targets_report(results, idle):
         lines.append(f"- {'MET' if met else 'BELOW'}: {what} (measured {measured})")
+    if processing and processing["cases"]:
+        lines += processing_cost.markdown(processing)
     return "\n".join(lines) + "\n"
 
 
 def _print(r: RunResult) -> None:
     print(
-        f"{r.server:12s} {r.name:36s} {r.spans_per_s:>10,.0f} spans/s {r.spans_per_cpu_s:>10,.0f} spans/CPU-s"
+        f"{r.server:22s} {r.name:36s} {r.spans_per_s:>10,.0f} spans/s {r.spans_per_cpu_s:>10,.0f} spans/CPU-s"
         f"  p99 {r.p99_ms:7.2f} ms  PSS {r.peak_pss_mib:.0f} MiB",
         flush=True,
     )
@@ -503,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 s runs at 10 and 100 spans only (smoke test)")
     parser.add_argument("--no-peer", action="store_true", help="measure otlp-ingest only")
     parser.add_argument("--no-durable", action="store_true", help="skip the durable-mode run")
+    parser.add_argument(
+        "--no-processing", action="store_true", help="skip the processing runs (issue 18, processing_cost.py)"
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
 
@@ -533,6 +616,13 @@ def main(argv: list[str] | None = None) -> int:
                             r = one_run(target, backend, protocol, spans, duration, args.concurrency)
                             results.append(r)
                             _print(r)
+                if not args.no_processing:
+                    # The cost of processing (issue 18), the unprocessed cases on these same trees.
+                    where, began = workdir / "processing", time.monotonic()
+                    results += processing_runs(
+                        targets, backend, where, env, duration, args.concurrency, args.no_peer
+                    )
+                    print(f"processing runs: {time.monotonic() - began:.0f} s", flush=True)
             # Fixed rate and idle on fresh trees: the memory and CPU a steady load and no load
             # hold, not what the closed-loop bursts before them left (ring pages, rotel's heap).
             with started_targets(workdir / "rate", env, backend, args.no_peer) as (server, targets):
@@ -575,18 +665,23 @@ def main(argv: list[str] | None = None) -> int:
         "loadgen_concurrency": args.concurrency,
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    processing = processing_report(results)
     payload = {
         "meta": meta,
         "runs": [asdict(r) for r in results],
         "idle_cpu": idle,
         "targets": targets_report(results, idle),
+        "processing": processing,
     }
     (args.out / f"e2e-{timestamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    markdown = to_markdown(meta, results, idle)
+    markdown = to_markdown(meta, results, idle, processing)
     (args.out / "latest.md").write_text(markdown)
     print()
     print(markdown)
     print(f"written: {args.out / f'e2e-{timestamp}.json'} and {args.out / 'latest.md'}")
+    if processing["checks_failed"]:
+        print(f"processing checks FAILED (the work was not done): {processing['checks_failed']}")
+        return 1
     return 0
 
 
