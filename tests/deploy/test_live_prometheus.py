@@ -52,10 +52,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     server_config.write_text(
         yaml.safe_dump(
             {
+                # Processors that change nothing, so the processor series exist: a filter (the
+                # only kind with a dropped-items series from the start) and an attributes one.
                 "processors": {
-                    "attributes/live": {"actions": [{"key": "live", "value": "1", "action": "upsert"}]}
+                    "attributes/live": {"actions": [{"key": "live", "value": "1", "action": "upsert"}]},
+                    "filter/live": {"spans": {"exclude": {"match_type": "strict", "span_names": ["never"]}}},
                 },
-                "pipelines": {"traces": ["attributes/live"]},
+                "pipelines": {"traces": ["attributes/live", "filter/live"]},
             }
         )
     )

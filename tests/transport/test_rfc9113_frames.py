@@ -562,11 +562,17 @@ def test_6_9_1_data_beyond_the_connection_window_is_flow_control_error(peer: Pee
     chunk = 16 * 1024
     per_stream = (4 << 20) - chunk  # each message stays under the 4 MiB limit and never ends
     sent = 0
-    while sent <= (16 << 20) + chunk:
+    # Stop one chunk past the window: after its GOAWAY the server reads and drops at most 1 MiB
+    # (LINGER_MAX_BYTES) before it resets the connection, and a reset that arrives before we read
+    # the GOAWAY throws it away with the rest of our receive buffer.
+    while sent <= 16 << 20:
         sid = peer.next_stream_id()
         first = b"\x00" + (4 << 20).to_bytes(4, "big") + bytes(chunk - 5)
         peer.send(peer.headers(sid), peer.data(sid, first))
+        sent += chunk
         for _ in range(per_stream // chunk - 1):
+            if sent > 16 << 20:
+                break
             peer.send(peer.data(sid, bytes(chunk)))
-        sent += per_stream
+            sent += chunk
     peer.expect_connection_error(FLOW_CONTROL_ERROR, timeout=5.0)
