@@ -98,7 +98,28 @@ class Child:
     process: psutil.Process
 
 
-class ServerProcess:
+class LoopbackEndpoints:
+    """Addresses of a server listening on loopback at `grpc_port`, `http_port` and `admin_port`
+    (a server tree here, or a container on the host's network)."""
+
+    grpc_port: int
+    http_port: int
+    admin_port: int
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+
+class ServerProcess(LoopbackEndpoints):
     """`python -m otlp_ingest serve` on free ports; use as a context manager or via the
     `server_factory` fixture. `env` entries override the test defaults below."""
 
@@ -236,18 +257,6 @@ class ServerProcess:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
-
-    @property
-    def grpc_endpoint(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
 
     def metrics(self) -> Metrics:
         return scrape_metrics(self.admin_url)

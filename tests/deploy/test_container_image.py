@@ -28,12 +28,13 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import Metrics, http_get, scrape_metrics
+from tests.conftest import LoopbackEndpoints, Metrics, http_get, scrape_metrics
 from tests.deploy.tools import ROOT
 from tests.faults.conftest import settle
 from tests.faults.load import Load
 from tests.support.backend import RecordingBackend
 from tests.support.reconcile import Ledger, reconcile
+from tests.support.sdk import finished_spans, span_keys
 from tests.support.waiting import free_port, wait_until
 
 # The cold path (debootstrap, then the build) takes 2-3 minutes on 2 cores; pytest-timeout counts
@@ -93,7 +94,7 @@ def image() -> str:
     return IMAGE
 
 
-class Container:
+class Container(LoopbackEndpoints):
     """One `podman run -d` of the image on free loopback ports, like `ServerProcess` for a server
     tree (the fault suite's `Load` and `settle` take either)."""
 
@@ -102,18 +103,6 @@ class Container:
         self.env = env
         self.volumes = volumes  # volume name -> mount path
         self.grpc_port = self.http_port = self.admin_port = 0
-
-    @property
-    def grpc_endpoint(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
 
     def run_args(self) -> list[str]:
         """The operations guide's `podman run`, with host networking on our ports."""
@@ -245,21 +234,8 @@ def test_image_size_and_contents(image: str) -> None:
 
 def _sdk_spans(name: str, n: int) -> tuple[list[Any], list[str]]:
     """`n` finished spans made by the OpenTelemetry SDK and the backend's keys for them."""
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "otlp-ingest-image-test"}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("image-test")
-    for i in range(n):
-        with tracer.start_as_current_span(f"{name}-{i}"):
-            pass
-    spans = list(memory.get_finished_spans())
-    keys = [f"{s.context.trace_id:032x}:{s.context.span_id:016x}" for s in spans]
-    return spans, keys
+    spans = finished_spans((f"{name}-{i}" for i in range(n)), service="otlp-ingest-image-test")
+    return spans, span_keys(spans)
 
 
 def _export(container: Container, protocol: str, n: int) -> list[str]:

@@ -17,6 +17,7 @@ import yaml
 from otlp_ingest.otlp.signals import Signal
 from tests.conftest import REPO_ROOT, ServerProcess, wait_until
 from tests.e2e.test_pipeline import assert_exactly_once, make_exporter
+from tests.support.sdk import finished_spans, span_keys
 
 EMAIL = "jane@example.com"
 TOKEN = "Bearer sekrit-token"
@@ -64,19 +65,7 @@ def pii_config(tmp_path: Path) -> Path:
 
 
 def sdk_spans(names: list[str], attributes: dict[str, str]) -> list[object]:
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("e2e")
-    for name in names:
-        with tracer.start_as_current_span(name, attributes=attributes) as span:
-            span.add_event("login", {"user.email": EMAIL})
-    return list(memory.get_finished_spans())
+    return finished_spans(names, attributes, service="shop", event=("login", {"user.email": EMAIL}))
 
 
 def sdk_logs(n: int) -> list[object]:
@@ -98,10 +87,6 @@ def export(signal_: Signal, protocol: str, server: ServerProcess, batch: list[ob
         assert exporter.export(batch).name == "SUCCESS"
     finally:
         exporter.shutdown()
-
-
-def span_keys(batch: list[object]) -> list[str]:
-    return [f"{s.context.trace_id:032x}:{s.context.span_id:016x}" for s in batch]
 
 
 def test_pii_never_reaches_the_backend_and_filtered_spans_count_as_dropped(

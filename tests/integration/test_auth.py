@@ -27,6 +27,7 @@ from tests.faults.load import Load
 from tests.integration.test_supervisor import _serve as serve_until_exit
 from tests.support.backend import RecordingBackend
 from tests.support.reconcile import ACKED, FAILED, Ledger, reconcile
+from tests.support.sdk import finished_spans, span_keys
 
 SDK_TOKEN = "sdk-token-4f9c1b7e2a6d8e03"
 LOAD_TOKEN = "load-token-9d2e7c4a1f6b3e58"
@@ -87,23 +88,8 @@ def sdk_exporter(protocol: str, server: ServerProcess, headers: dict[str, str] |
     return Json(endpoint=url, timeout=10, headers=headers)
 
 
-def sdk_spans(prefix: str, n: int):
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("auth-test")
-    for i in range(n):
-        with tracer.start_as_current_span(f"{prefix}-{i}"):
-            pass
-    return memory.get_finished_spans()
-
-
-def span_keys(spans) -> set[str]:
-    return {f"{s.context.trace_id:032x}:{s.context.span_id:016x}" for s in spans}
+def sdk_spans(prefix: str, n: int) -> list[object]:
+    return finished_spans(f"{prefix}-{i}" for i in range(n))
 
 
 # --- the module's server -------------------------------------------------------------------------
@@ -135,7 +121,7 @@ def test_sdk_exporters_need_the_right_token(stack, protocol: str) -> None:
         spans = sdk_spans(f"{protocol}-{case}", 4)
         client = sdk_exporter(protocol, server, headers)
         try:
-            delivered[case] = (client.export(spans), span_keys(spans))
+            delivered[case] = (client.export(spans), set(span_keys(spans)))
         finally:
             client.shutdown()
     assert delivered["none"][0] == SpanExportResult.FAILURE

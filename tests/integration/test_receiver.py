@@ -35,6 +35,7 @@ from otlp_ingest.errors import ExitCode
 from otlp_ingest.otlp.signals import SIGNALS, Signal
 from otlp_ingest.ring import RingReader, create_ring, ring_name, unlink_ring
 from tests.conftest import REPO_ROOT, free_port, wait_until
+from tests.support.sdk import finished_spans
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -521,19 +522,8 @@ def test_http_404_and_405(w: Worker) -> None:
 # --- the OpenTelemetry SDK as the client --------------------------------------------------------
 
 
-def _sdk_spans(n: int):
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("test")
-    for i in range(n):
-        with tracer.start_as_current_span(f"sdk-{i}"):
-            pass
-    return memory.get_finished_spans()
+def _sdk_spans(n: int) -> list[object]:
+    return finished_spans(f"sdk-{i}" for i in range(n))
 
 
 @pytest.mark.parametrize("exporter", ["grpc", "http/protobuf", "http/json"])

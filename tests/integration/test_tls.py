@@ -35,6 +35,7 @@ from otlp_ingest.config import load_settings
 from otlp_ingest.errors import ConfigError
 from tests.conftest import REPO_ROOT, ServerProcess, wait_until
 from tests.support.backend import RecordingBackend
+from tests.support.sdk import finished_spans, span_keys
 
 TRACE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 CA_BUNDLE_VARS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
@@ -202,20 +203,8 @@ def mtls_server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def sdk_spans(n: int) -> tuple[list[object], set[str]]:
     """`n` finished SDK spans and their backend keys (trace_id:span_id hex)."""
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("tls-test")
-    for i in range(n):
-        with tracer.start_as_current_span(f"op-{i}"):
-            pass
-    spans = list(memory.get_finished_spans())
-    keys = {f"{s.context.trace_id:032x}:{s.context.span_id:016x}" for s in spans}
-    return spans, keys
+    spans = finished_spans(f"op-{i}" for i in range(n))
+    return spans, set(span_keys(spans))
 
 
 def raw_request(n: int = 3) -> tuple[bytes, set[str]]:
