@@ -74,14 +74,14 @@ class Pipeline:
         self._types = {True: REQUEST_VIEW[signal], False: SIGNALS[signal].request_type}
         self._stages = [_Stage(p, signal) for p in processors]
 
-    def _checked(self, request: Message) -> tuple[Message, bytes, int]:
-        """A user function's output, its bytes and item count, if it is a request the receiver
+    def _checked(self, request: Message) -> tuple[bytes, int]:
+        """A user function's output as bytes and its item count, if it is a request the receiver
         would accept whole (the C wire proof, else the item-by-item check); else InvalidOutput."""
         data = request.SerializeToString()
         verdict = validate_protobuf(self.signal, data)
         if verdict.rejected:
             raise InvalidOutput(f"left {verdict.rejected} invalid items: {verdict.error_message}")
-        return request, data, verdict.accepted
+        return data, verdict.accepted
 
     def run(self, payload: bytes, items: int) -> tuple[bytes, int]:
         """The processed record and its item count; (b"", 0) when nothing is left."""
@@ -106,7 +106,7 @@ class Pipeline:
             try:
                 result = processor.process(signal, request)
                 if not processor.uses_view:
-                    result, checked, left = self._checked(result if result is not None else request)
+                    checked, left = self._checked(result if result is not None else request)
             except ProcessorTimeout:
                 failure, detail = "timeout", f"ran past {getattr(processor, 'timeout', 0):g}s"
             except InvalidOutput as exc:
