@@ -408,6 +408,7 @@ class _Exporter:
             if room <= 0:
                 all_empty = False  # backpressure: the queue fills and receivers refuse
                 continue
+            dropped_whole = False  # processors left some record of this burst with nothing to send
             for _ in range(min(READ_BURST, room)):
                 try:
                     record = reader.read()
@@ -440,11 +441,15 @@ class _Exporter:
                     payload, items = pipeline.run(payload, items)
                     if not items:  # processors dropped it all: nothing to send, done already
                         entry.done = True
-                        self._commit_done(i)
+                        dropped_whole = True
                         continue
                 self.ready.extend(self.batcher.add(signal, items, payload, entry))
             else:
                 all_empty = False
+            if dropped_whole:
+                # Once per burst, not per record: a log's commit writes and fsyncs its offset, and a
+                # sampler or filter may leave most records of a burst empty.
+                self._commit_done(i)
         self._count_quarantine()
         return read_any, all_empty
 
